@@ -1,0 +1,42 @@
+"""Plot conventions shared by every notebook: one colour per network, titled and labelled figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from course_utils.config import artifacts_dir
+
+# The same colour for the same network throughout the course.
+NETWORK_COLORS: dict[str, str] = {
+    "resnet18": "#7f7f7f",
+    "resnet34": "#9467bd",
+    "resnet50": "#1f77b4",
+    "resnet101": "#d62728",
+}
+NETWORK_LABELS: dict[str, str] = {
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "resnet101": "ResNet-101",
+}
+
+
+def network_style(arch: str) -> dict[str, str]:
+    """Keyword arguments (``color``, ``label``) that draw ``arch`` the same way in every figure."""
+    return {"color": NETWORK_COLORS[arch], "label": NETWORK_LABELS[arch]}
+
+
+def figures_dir() -> Path:
+    """Folder that collects every figure the notebooks save (under the artifacts folder)."""
+    path = artifacts_dir() / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(fig: plt.Figure, name: str) -> Path:
+    """Save ``fig`` as ``<figures_dir>/<name>.png`` and return the path."""
+    path = figures_dir() / f"{name}.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
