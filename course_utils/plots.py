@@ -1,4 +1,4 @@
-"""Plot conventions shared by every notebook: one colour per network, titled and labelled figures."""
+"""Plot conventions shared by every notebook: one colour per network, titled, labelled figures."""
 
 from __future__ import annotations
 
