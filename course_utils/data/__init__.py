@@ -1,0 +1,57 @@
+"""The course's data: the bundled sample, the full Oxford-IIIT Pet, user folders, transforms.
+
+Every source gives a list of :class:`PetRecord` (image path, label 0 = cat / 1 = dog, breed, pet
+mask); :class:`PetDataset` turns such a list into tensors and :func:`make_loader` into batches.
+Notebooks usually need only :func:`get_records`, which follows the active profile.
+"""
+
+from course_utils.data.bundled import DataIntegrityError, bundled_records
+from course_utils.data.dataset import PetDataset, make_loader
+from course_utils.data.folders import folder_records
+from course_utils.data.images import (
+    MAX_PIXELS,
+    MIN_SIDE,
+    SkippedImage,
+    check_image,
+    format_skipped,
+    load_rgb,
+    validate_images,
+)
+from course_utils.data.oxford import DatasetUnavailable, oxford_pets_records
+from course_utils.data.records import CLASSES, PetRecord, balanced_subset
+from course_utils.data.sources import get_records
+from course_utils.data.splits import SPLITS
+from course_utils.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize,
+    eval_transform,
+    train_transform,
+)
+
+__all__ = [
+    "CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "SPLITS",
+    "DataIntegrityError",
+    "DatasetUnavailable",
+    "PetDataset",
+    "PetRecord",
+    "SkippedImage",
+    "balanced_subset",
+    "bundled_records",
+    "check_image",
+    "denormalize",
+    "eval_transform",
+    "folder_records",
+    "format_skipped",
+    "get_records",
+    "load_rgb",
+    "make_loader",
+    "oxford_pets_records",
+    "train_transform",
+    "validate_images",
+]

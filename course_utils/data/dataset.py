@@ -1,0 +1,116 @@
+"""A torch ``Dataset`` over :class:`PetRecord` lists, and the course's seeded ``DataLoader``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from course_utils import config
+from course_utils.data.images import load_rgb
+from course_utils.data.records import PetRecord
+
+PET_TRIMAP_VALUES = (1, 3)  # trimap: 1 = pet, 2 = background, 3 = border (counted as pet)
+
+
+def load_pet_mask(record: PetRecord) -> np.ndarray:
+    """The record's trimap as an ``H x W`` uint8 array: 1 = pet (trimap 1 or 3), 0 = background."""
+    if record.mask_path is None:
+        raise ValueError(f"{record.image_path} has no pet mask (only bundled/Oxford images do).")
+    with Image.open(record.mask_path) as mask:
+        values = np.asarray(mask)  # raw values; for palette PNGs the indices are the values
+    if values.ndim == 3:
+        values = values[..., 0]
+    return np.isin(values, PET_TRIMAP_VALUES).astype(np.uint8)
+
+
+def _plain(value: Any) -> Any:
+    """A ``tv_tensors`` subclass as a plain tensor (what models and collate expect)."""
+    return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
+
+
+class PetDataset(Dataset):
+    """Images (and optionally pet masks) of a list of :class:`PetRecord`.
+
+    ``dataset[i]`` is ``(image, label)``; with ``with_mask=True`` it is a dict with ``"image"``,
+    ``"label"``, ``"breed"`` (``""`` when unknown) and ``"mask"`` (uint8 ``H x W``, 1 = pet),
+    where one ``transform`` call moves image and mask together. Without a transform the image is
+    a uint8 ``(3, H, W)`` tensor.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[PetRecord],
+        transform: Callable[..., Any] | None = None,
+        with_mask: bool = False,
+    ) -> None:
+        self.records = list(records)
+        self.transform = transform
+        self.with_mask = with_mask
+        if with_mask:
+            missing = [r.image_path for r in self.records if r.mask_path is None]
+            if missing:
+                raise ValueError(
+                    f"with_mask=True, but {len(missing)} record(s) have no pet mask "
+                    f"(e.g. {missing[0]}). Masks exist for the bundled set and the full "
+                    "Oxford-IIIT Pet, not for your own folders."
+                )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | dict[str, Any]:
+        record = self.records[index]
+        image = F.to_image(load_rgb(record.image_path))
+        if not self.with_mask:
+            if self.transform is not None:
+                image = self.transform(image)
+            return _plain(image), record.label
+        mask = tv_tensors.Mask(torch.from_numpy(load_pet_mask(record)))
+        if mask.shape != image.shape[-2:]:
+            raise ValueError(
+                f"Mask {record.mask_path} is {tuple(mask.shape)} but image {record.image_path} "
+                f"is {tuple(image.shape[-2:])} (height, width); they must match."
+            )
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return {
+            "image": _plain(image),
+            "label": record.label,
+            "breed": record.breed or "",
+            "mask": _plain(mask),
+        }
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    num_workers: int | None = None,
+) -> DataLoader:
+    """A reproducible ``DataLoader``: shuffled (seeded) and ``drop_last`` only when training.
+
+    ``drop_last`` is skipped when the data set is smaller than one batch, so that a tiny training
+    set still gives one batch. Workers default to :func:`config.default_num_workers`, are seeded by
+    :func:`config.seed_worker` and kept alive between epochs; memory is pinned on CUDA.
+    """
+    workers = config.default_num_workers() if num_workers is None else num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) >= batch_size,
+        num_workers=workers,
+        worker_init_fn=config.seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+        pin_memory=config.get_device().type == "cuda",
+    )

@@ -1,0 +1,50 @@
+"""Training and evaluation transforms (torchvision.transforms.v2) and the inverse for display.
+
+The transforms take ``tv_tensors.Image`` (and ``tv_tensors.Mask``, which follows the image's
+geometry with nearest-neighbour interpolation and is left out of colour changes), plain tensors or
+PIL images, and return a normalised float image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _to_normalised_float() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def train_transform(size: int) -> v2.Compose:
+    """Random crop of 35-100 % of the area resized to ``size`` x ``size``, flip, colour jitter."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            *_to_normalised_float(),
+        ]
+    )
+
+
+def eval_transform(size: int) -> v2.Compose:
+    """Shorter side to ``round(size * 8 / 7)`` (224 -> 256), then the central ``size`` square."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(size * 8 / 7), antialias=True),
+            v2.CenterCrop(size),
+            *_to_normalised_float(),
+        ]
+    )
+
+
+def denormalize(tensor: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation of a ``(C, H, W)`` or ``(N, C, H, W)`` image, into [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)
