@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from IPython.display import Image, display
 
 from course_utils.config import artifacts_dir
 
@@ -15,6 +17,8 @@ NETWORK_COLORS: dict[str, str] = {
     "resnet50": "#1f77b4",
     "resnet101": "#d62728",
 }
+# The same colour for the same class wherever cats and dogs are drawn apart.
+CLASS_COLORS: dict[str, str] = {"cat": "#ff7f0e", "dog": "#2ca02c"}
 NETWORK_LABELS: dict[str, str] = {
     "resnet18": "ResNet-18",
     "resnet34": "ResNet-34",
@@ -40,3 +44,20 @@ def save_figure(fig: plt.Figure, name: str) -> Path:
     path = figures_dir() / f"{name}.png"
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+def show(fig: plt.Figure, name: str, *, photo: bool = False) -> None:
+    """Save ``fig`` (see :func:`save_figure`) and display it inline.
+
+    Figures that are mostly photographs (``photo=True``) are shown as JPEG, which keeps the
+    committed notebooks small; plots are shown as PNG.
+    """
+    path = save_figure(fig, name)
+    if photo:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="jpeg", dpi=80, bbox_inches="tight", pil_kwargs={"quality": 85})
+        plt.close(fig)
+        display(Image(data=buffer.getvalue(), format="jpeg"))
+    else:
+        plt.show()
+    print(f"saved: {path}")
