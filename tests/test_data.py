@@ -26,6 +26,7 @@ from course_utils.data import (
     balanced_subset,
     bundled_records,
     check_image,
+    dataset_in_use,
     denormalize,
     eval_transform,
     folder_records,
@@ -317,11 +318,12 @@ def test_make_loader(square_record: PetRecord) -> None:
 def test_get_records_smoke_profile_is_capped_and_balanced() -> None:
     profile = config.get_profile("smoke")
     records, source = get_records(profile, "train")
-    assert len(records) == profile.max_images_per_split == 48
-    assert Counter(r.label for r in records) == {0: 24, 1: 24}
+    cap = profile.max_images_per_split
+    assert len(records) == cap
+    assert Counter(r.label for r in records) == {0: cap // 2, 1: cap // 2}
     assert len({r.breed for r in records}) > 20  # spread over the breeds
     assert records == get_records(profile, "train")[0]  # deterministic
-    assert "bundled" in source and "48 of 564" in source and "\n" not in source
+    assert "bundled" in source and f"{cap} of 564" in source and "\n" not in source
 
 
 def test_balanced_subset_fills_from_the_larger_class() -> None:
@@ -354,6 +356,7 @@ def test_oxford_unavailable_falls_back_to_bundled(
     assert "falling back to the bundled 940-image sample" in printed
     assert records == bundled_records("val")
     assert "fallback" in source
+    assert dataset_in_use(profile) == "bundled"  # what a trained run records as its data
     assert attempts == [True]  # a failed download is not retried in the same process
 
 

@@ -1,7 +1,8 @@
 """The course's data: the bundled sample, the full Oxford-IIIT Pet, user folders, transforms.
 
 Every source gives a list of :class:`PetRecord` (image path, label 0 = cat / 1 = dog, breed, pet
-mask); :class:`PetDataset` turns such a list into tensors and :func:`make_loader` into batches.
+mask); :class:`PetDataset` turns such a list into tensors (:class:`CachedPetDataset`: decoded
+once, kept in memory) and :func:`make_loader` into batches.
 Notebooks usually need only :func:`get_records`, which follows the active profile.
 """
 
@@ -17,9 +18,10 @@ from course_utils.data.images import (
     load_rgb,
     validate_images,
 )
+from course_utils.data.memory import CachedPetDataset, cache_side_for
 from course_utils.data.oxford import DatasetUnavailable, oxford_pets_records
 from course_utils.data.records import CLASSES, PetRecord, balanced_subset
-from course_utils.data.sources import get_records
+from course_utils.data.sources import dataset_in_use, get_records
 from course_utils.data.splits import SPLITS
 from course_utils.data.transforms import (
     IMAGENET_MEAN,
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_PIXELS",
     "MIN_SIDE",
     "SPLITS",
+    "CachedPetDataset",
     "DataIntegrityError",
     "DatasetUnavailable",
     "PetDataset",
@@ -43,7 +46,9 @@ __all__ = [
     "SkippedImage",
     "balanced_subset",
     "bundled_records",
+    "cache_side_for",
     "check_image",
+    "dataset_in_use",
     "denormalize",
     "eval_transform",
     "folder_records",

@@ -30,6 +30,22 @@ def load_pet_mask(record: PetRecord) -> np.ndarray:
     return np.isin(values, PET_TRIMAP_VALUES).astype(np.uint8)
 
 
+def load_record(
+    record: PetRecord, with_mask: bool = False
+) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
+    """Decode a record: a uint8 ``(3, H, W)`` image and, with ``with_mask``, its pet mask."""
+    image = F.to_image(load_rgb(record.image_path))
+    if not with_mask:
+        return image, None
+    mask = tv_tensors.Mask(torch.from_numpy(load_pet_mask(record)))
+    if mask.shape != image.shape[-2:]:
+        raise ValueError(
+            f"Mask {record.mask_path} is {tuple(mask.shape)} but image {record.image_path} "
+            f"is {tuple(image.shape[-2:])} (height, width); they must match."
+        )
+    return image, mask
+
+
 def _plain(value: Any) -> Any:
     """A ``tv_tensors`` subclass as a plain tensor (what models and collate expect)."""
     return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
@@ -41,7 +57,8 @@ class PetDataset(Dataset):
     ``dataset[i]`` is ``(image, label)``; with ``with_mask=True`` it is a dict with ``"image"``,
     ``"label"``, ``"breed"`` (``""`` when unknown) and ``"mask"`` (uint8 ``H x W``, 1 = pet),
     where one ``transform`` call moves image and mask together. Without a transform the image is
-    a uint8 ``(3, H, W)`` tensor.
+    a uint8 ``(3, H, W)`` tensor. Every item is decoded from its file; :class:`CachedPetDataset`
+    decodes each image once and keeps it in memory.
     """
 
     def __init__(
@@ -65,19 +82,17 @@ class PetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _decoded(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask | None]:
+        """Item ``index`` before the transform: its image, and its mask with ``with_mask``."""
+        return load_record(self.records[index], self.with_mask)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | dict[str, Any]:
         record = self.records[index]
-        image = F.to_image(load_rgb(record.image_path))
-        if not self.with_mask:
+        image, mask = self._decoded(index)
+        if mask is None:
             if self.transform is not None:
                 image = self.transform(image)
             return _plain(image), record.label
-        mask = tv_tensors.Mask(torch.from_numpy(load_pet_mask(record)))
-        if mask.shape != image.shape[-2:]:
-            raise ValueError(
-                f"Mask {record.mask_path} is {tuple(mask.shape)} but image {record.image_path} "
-                f"is {tuple(image.shape[-2:])} (height, width); they must match."
-            )
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return {

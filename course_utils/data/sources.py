@@ -16,6 +16,17 @@ def _bundled(split: str) -> tuple[list[PetRecord], str]:
     return bundled_records(split, root), f"bundled Oxford-IIIT Pet sample ({total} images, {root})"
 
 
+def dataset_in_use(profile: config.Profile) -> str:
+    """The data set that :func:`get_records` serves for ``profile``: ``profile.dataset``, or
+    ``"bundled"`` when the full Oxford-IIIT Pet is asked for but cannot be had."""
+    if profile.dataset == "oxford-iiit-pet":
+        try:
+            oxford_pets_records("test")
+        except DatasetUnavailable:
+            return "bundled"
+    return profile.dataset
+
+
 def get_records(profile: config.Profile, split: str) -> tuple[list[PetRecord], str]:
     """The records of ``split`` for ``profile.dataset``, and a one-line description of the source.
 

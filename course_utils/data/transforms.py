@@ -12,18 +12,21 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+TRAIN_CROP_SCALE: tuple[float, float] = (0.35, 1.0)  # fraction of the image's area
+TRAIN_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
 
 
 def _to_normalised_float() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def train_transform(size: int) -> v2.Compose:
-    """Random crop of 35-100 % of the area resized to ``size`` x ``size``, flip, colour jitter."""
+def train_transform(size: int, scale: tuple[float, float] = TRAIN_CROP_SCALE) -> v2.Compose:
+    """Random crop of ``scale`` (default 35-100 %) of the area resized to ``size`` x ``size``,
+    horizontal flip, colour jitter."""
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            v2.RandomResizedCrop(size, scale=scale, ratio=TRAIN_CROP_RATIO, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
             *_to_normalised_float(),
