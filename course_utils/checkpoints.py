@@ -1,0 +1,210 @@
+"""Checkpoints: atomic saving, safe loading (``weights_only=True``) and RNG state for resuming.
+
+A course checkpoint is a plain ``dict`` that ``torch.load(..., weights_only=True)`` can read:
+tensors and plain Python values only (dicts, lists, tuples, str, int, float, bool, None), never
+pickled objects. Its keys:
+
+- ``format``: :data:`CHECKPOINT_FORMAT`; ``arch`` and ``num_classes``: what
+  :func:`model_from_checkpoint` builds; ``model``: the ``state_dict``;
+- written by :func:`course_utils.train.fit`: ``kind`` (``"last"`` or ``"best"``), ``epoch``
+  (epochs completed), ``config`` (the ``TrainConfig`` as a dict), ``history`` and
+  ``memory_measure``, ``meta`` (profile, data source, classes...), ``versions``; and in
+  ``last.pt`` only: ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (see
+  :func:`capture_rng_state`).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from course_utils import models
+
+CHECKPOINT_FORMAT = "course_utils.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable course checkpoint, or one for a different model."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically and return the path.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk (``fsync``) and the
+    file is renamed over ``path`` (``os.replace``), so a crash mid-save leaves the previous
+    checkpoint intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as file:  # "x": a fresh file, with the usual permissions
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    expected_arch: str | None = None,
+    expected_num_classes: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a course checkpoint safely (``weights_only=True``) and check what it holds.
+
+    Raises ``FileNotFoundError`` for a missing file, :class:`CheckpointError` for a file that is
+    corrupt, holds pickled Python objects, is not a course checkpoint, or was saved for another
+    architecture or class count than ``expected_arch`` / ``expected_num_classes``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}" + _nearby(path))
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe is None:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                f"{_first_reason(error)}"
+            ) from error
+        raise CheckpointError(
+            f"Refusing to load {path}: it contains a pickled Python object ({unsafe.group(1)}), "
+            "which could run code when loaded, so torch.load(weights_only=True) rejects it. "
+            "Course checkpoints hold only tensors and plain values. Load it with "
+            "weights_only=False only if you trust whoever made it."
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
+        ) from error
+    _check_contents(path, state, expected_arch, expected_num_classes)
+    return state
+
+
+def _first_reason(error: Exception) -> str:
+    """The specific line of torch's long weights-only message (e.g. ``Unsupported operand 110``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    specific = [line for line in lines if line.startswith("Unsupported")]
+    return (specific or lines or [type(error).__name__])[0]
+
+
+def _nearby(path: Path) -> str:
+    """A hint listing the checkpoints next to a missing path, if there are any."""
+    folder = path.parent
+    found = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
+    return f" (checkpoints in {folder}: {', '.join(found)})" if found else ""
+
+
+def _check_contents(
+    path: Path, state: object, expected_arch: str | None, expected_num_classes: int | None
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` is a course checkpoint of the model asked."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        hint = ""
+        if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
+            hint = (
+                " It looks like a bare state_dict: load it with "
+                "model.load_state_dict(torch.load(path, weights_only=True))."
+            )
+        raise CheckpointError(
+            f"{path} is not a course_utils checkpoint (no format {CHECKPOINT_FORMAT!r}).{hint}"
+        )
+    missing = {"arch", "num_classes", "model"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: it lacks {sorted(missing)}.")
+    arch, num_classes = state["arch"], state["num_classes"]
+    wrong_arch = expected_arch is not None and arch != expected_arch
+    wrong_classes = expected_num_classes is not None and num_classes != expected_num_classes
+    if wrong_arch or wrong_classes:
+        asked_arch = expected_arch or arch
+        asked_classes = num_classes if expected_num_classes is None else expected_num_classes
+        raise CheckpointError(
+            f"Checkpoint {path} is {arch} with {num_classes} classes; you asked for "
+            f"{asked_arch} with {asked_classes} classes."
+        )
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain network inside a ``torch.compile`` and/or ``DistributedDataParallel`` wrapper."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel / DataParallel
+
+
+def model_from_state(state: dict[str, Any]) -> nn.Module:
+    """Build the architecture a loaded checkpoint names and load its weights (strict)."""
+    model = models.build_model(state["arch"], num_classes=state["num_classes"])
+    model.load_state_dict(state["model"], strict=True)
+    return model
+
+
+def model_from_checkpoint(
+    path: str | Path,
+    *,
+    expected_arch: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the stored architecture, load its weights and return ``(model, meta)``.
+
+    The model is in eval mode on ``device``. ``meta`` is the checkpoint without its tensors of
+    model and optimiser: ``arch``, ``num_classes``, ``epoch``, ``config``, ``history``, ``meta``...
+    """
+    state = load_checkpoint(path, expected_arch=expected_arch)
+    model = model_from_state(state)
+    skip = {"model", "optimizer", "scheduler", "scaler", "rng"}
+    meta = {key: value for key, value in state.items() if key not in skip}
+    return model.to(device).eval(), meta
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (CPU and every CUDA device) RNG states, as tensors and plain lists."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`: put every RNG back where it was."""
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
