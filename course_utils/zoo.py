@@ -105,13 +105,22 @@ def load_or_train(
         print(f"load_or_train: resuming {folder} after epoch {state['epoch']}/{cfg.epochs}")
     else:
         print(f"load_or_train: no cached run; training {cfg.summary()} -> {folder}")
-    return _train(cfg, profile, folder, resume=resume, progress=progress)
+    return train_run(cfg, profile, folder, resume=resume, progress=progress)
 
 
-def _train(
-    cfg: TrainConfig, profile: Profile, folder: Path, *, resume: bool, progress: bool
+def train_run(
+    cfg: TrainConfig,
+    profile: Profile,
+    folder: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> tuple[nn.Module, History]:
-    """Train ``cfg`` on the profile's data into ``folder``; return the model in eval mode."""
+    """Train ``cfg`` on the profile's data into ``folder``; return the model in eval mode.
+
+    ``resume`` and ``overwrite`` are :func:`fit`'s (the command line's ``--resume``/``--force``).
+    """
     seed_everything(cfg.seed)
     model = build_model_for(cfg)  # fails here, before any file is written, if weights are missing
     train_records, source = get_records(profile, "train")
@@ -141,6 +150,7 @@ def _train(
         cfg,
         checkpoint_dir=folder,
         resume=resume,
+        overwrite=overwrite,
         progress=progress,
         device=device,
         meta=meta,
