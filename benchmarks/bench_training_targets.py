@@ -1,0 +1,116 @@
+"""The training targets of the course, measured and printed side by side.
+
+For each network at a profile: wall time of its training run (from the run's history; the run is
+taken from ``load_or_train``'s cache, or trained now) and test accuracy with its 95% bootstrap
+interval, next to the targets (cpu profile, 2 cores: ResNet-50 in <= 15 minutes and >= 78%).
+On CUDA it also times the course's training loop against a bare torchvision loop with mixed
+precision and channels-last, interleaved in one run (target: within 10%).
+
+    python benchmarks/bench_training_targets.py --profile cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from course_utils import config, data, evaluate, train, zoo
+
+TARGETS = {"cpu": {"resnet50": (15.0, 0.78)}}  # profile -> arch -> (max minutes, min accuracy)
+
+
+def test_accuracy(model: torch.nn.Module, profile: config.Profile) -> str:
+    """Accuracy on the profile's test split, with its 95% bootstrap interval."""
+    records, _ = data.get_records(profile, "test")
+    dataset = data.PetDataset(records, data.eval_transform(profile.image_size))
+    loader = data.make_loader(dataset, profile.batch_size, train=False, num_workers=0)
+    return evaluate.format_accuracy(evaluate.predict(model, loader).correct)
+
+
+def report_runs(profile: config.Profile, archs: list[str]) -> None:
+    """Training time and test accuracy of each network, next to the profile's targets."""
+    for arch in archs:
+        model, history = zoo.load_or_train(arch, profile=profile, progress=False)
+        minutes = sum(r["epoch_seconds"] for r in history.records) / 60
+        images_per_s = statistics.median(r["images_per_s"] for r in history.records)
+        line = (
+            f"{arch:>10}: trained {len(history.records)} epochs in {minutes:.1f} min "
+            f"({images_per_s:.1f} img/s median), test accuracy {test_accuracy(model, profile)}"
+        )
+        target = TARGETS.get(profile.name, {}).get(arch)
+        if target:
+            line += f"; target <= {target[0]:g} min and >= {target[1]:.0%}"
+        print(line)
+
+
+def bare_step(model, optimizer, images, labels) -> None:
+    """The reference: a plain mixed-precision, channels-last torchvision training step."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def compare_loops_on_cuda(arch: str, size: int, batch: int, steps: int, rounds: int) -> None:
+    """Images/s of ``train.train_one_epoch`` vs :func:`bare_step`, interleaved round by round."""
+    device = torch.device("cuda")
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    cfg = train.TrainConfig(
+        arch, image_size=size, batch_size=batch, epochs=1, amp="bf16", channels_last=True
+    )
+    loader = [(images, labels)] * steps
+    ours = train.build_model_for(cfg).to(device, memory_format=torch.channels_last)
+    ours_opt = train.make_optimizer(ours, cfg)
+    scheduler = train.make_scheduler(ours_opt, cfg, steps * (rounds + 1))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    bare = getattr(torchvision.models, arch)(num_classes=2).to(
+        device, memory_format=torch.channels_last
+    )
+    bare_opt = torch.optim.AdamW(bare.parameters(), lr=2e-3, weight_decay=0.05)
+    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    for round_ in range(rounds + 1):  # round 0 warms up both
+        for name in ("ours", "bare"):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            if name == "ours":
+                train.train_one_epoch(ours, loader, ours_opt, scheduler, scaler, cfg, device)
+            else:
+                for x, y in loader:
+                    bare_step(bare, bare_opt, x.contiguous(memory_format=torch.channels_last), y)
+            torch.cuda.synchronize()
+            if round_:
+                rates[name].append(steps * batch / (time.perf_counter() - start))
+    ours_rate, bare_rate = (statistics.median(rates[n]) for n in ("ours", "bare"))
+    print(
+        f"{arch:>10} on {torch.cuda.get_device_name(device)}, {size} px, batch {batch}: "
+        f"course loop {ours_rate:.0f} img/s, bare torchvision+AMP+channels-last "
+        f"{bare_rate:.0f} img/s, ratio {ours_rate / bare_rate:.3f} (target >= 0.90)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=list(config.PROFILES), default=None)
+    parser.add_argument("--archs", nargs="+", default=["resnet50", "resnet101"])
+    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--gpu-rounds", type=int, default=5)
+    args = parser.parse_args()
+    profile = config.get_profile(args.profile)
+    config.print_environment(profile)
+    report_runs(profile, args.archs)
+    if not torch.cuda.is_available():
+        print("GPU loop target: not measured (no CUDA device on this machine).")
+        return
+    for arch in args.archs:
+        compare_loops_on_cuda(arch, 224, 64, args.gpu_steps, args.gpu_rounds)
+
+
+if __name__ == "__main__":
+    main()
