@@ -1,0 +1,253 @@
+"""Accuracy at many input resolutions: the course's multi-scale evaluation.
+
+A ResNet ends in global average pooling, so it accepts any input size: the last feature map is
+``ceil(s / 32)`` cells wide instead of 7, and the pooling averages whatever is there. This module
+measures what that does to accuracy:
+
+- :func:`decode_once` decodes the test images into memory once; every size is resized from those
+  pixels, so ten sizes cost one JPEG decode per image.
+- :func:`evaluate_at_scales` runs a model at several sizes and returns one row per size
+  (accuracy with a 95 % bootstrap interval, mean confidence, ms per image, and the per-image
+  results for paired comparisons). Two ways to resize (``mode``):
+
+  * ``"crop"``: :func:`course_utils.data.eval_transform` at ``s``: shorter side to
+    ``round(8 s / 7)``, then the central ``s x s`` square (the course's standard evaluation);
+  * ``"shorter_side"``: shorter side to ``s``, no crop: the whole photo, at its own aspect ratio.
+
+  Batching never pads (zeros would enter the average pool): images are grouped by their exact
+  resized shape and each group is cut into batches, so every result equals the per-image one.
+- :func:`paired_difference` / :func:`compare_frames`: accuracy differences on the same images,
+  with a paired bootstrap interval; an interval that contains 0 is a tie.
+
+Test-time augmentation and low-resolution robustness are in :mod:`course_utils.multiscale_tta`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from course_utils.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CachedPetDataset,
+    PetDataset,
+    PetRecord,
+    eval_transform,
+)
+from course_utils.evaluate import bootstrap_ci
+
+MODES: tuple[str, ...] = ("crop", "shorter_side")
+STAGE_NAMES: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3", "layer4")
+CHUNK_IMAGES = 512  # images resized at a time (at least one batch): bounds the memory used
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Outputs(NamedTuple):
+    """What :func:`run_transformed` returns."""
+
+    logits: torch.Tensor  # (N, C) float32 on the CPU, in the data set's order
+    labels: torch.Tensor  # (N,) int64
+    seconds: float  # time spent in the model's forward passes (not in resizing)
+    pixels: float  # mean input pixels per image (height x width)
+
+
+def decode_once(
+    records_or_dataset: Sequence[PetRecord] | PetDataset, cache_side: int | None = None
+) -> CachedPetDataset:
+    """The images as uint8 ``(3, H, W)`` tensors in memory, decoded once.
+
+    Takes a list of :class:`PetRecord` or a :class:`PetDataset` (its records are used and its
+    transform is ignored: every size brings its own). Images keep the files' sizes, or are shrunk
+    to a shorter side of ``cache_side`` (to save memory on large photos: keep it at least
+    ``8/7`` of the largest test size). A :class:`CachedPetDataset` without a transform or masks
+    (e.g. an earlier result of this function) is returned as it is, so passing it to several
+    evaluations decodes nothing again.
+    """
+    source = records_or_dataset
+    if isinstance(source, CachedPetDataset) and source.transform is None and not source.with_mask:
+        return source
+    records = source.records if isinstance(source, PetDataset) else list(source)
+    return CachedPetDataset(records, transform=None, cache_side=cache_side)
+
+
+def _normalise() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def size_transform(size: int, mode: str = "crop") -> Transform:
+    """uint8 image -> normalised float input of the network at ``size`` (see the module doc)."""
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}.")
+    if mode == "crop":
+        return eval_transform(size)
+    if mode == "shorter_side":
+        return v2.Compose([v2.Resize(size, antialias=True), *_normalise()])
+    raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+
+
+def _quiet() -> bool:
+    return bool(os.environ.get("CI"))
+
+
+def _batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by equal shape (first-seen order), each group cut into ``batch_size``."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]
+
+
+@torch.no_grad()
+def run_transformed(
+    model: nn.Module,
+    images: CachedPetDataset,
+    transform: Transform,
+    *,
+    batch_size: int = 32,
+    flip: bool = False,
+) -> Outputs:
+    """Run ``model`` on every image of ``images`` after ``transform``: logits, labels, time.
+
+    Every image goes through ``transform`` (uint8 -> normalised float); ``flip`` mirrors each
+    network input left-right. Images are prepared a chunk at a time (memory stays bounded);
+    within a chunk, images of equal input shape share batches and nothing is padded. The model
+    runs in eval mode on its own device; its train/eval mode is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if len(images) == 0:
+        raise ValueError("No images to evaluate.")
+    device = next(model.parameters()).device
+    logits, labels, pixels, seconds = [], [], [], 0.0
+    chunk = max(batch_size, CHUNK_IMAGES)
+    was_training = model.training
+    model.eval()
+    try:
+        for first in range(0, len(images), chunk):
+            items = [images[i] for i in range(first, min(first + chunk, len(images)))]
+            inputs = [transform(image).as_subclass(torch.Tensor) for image, _ in items]
+            out: list[torch.Tensor] = [torch.empty(0)] * len(inputs)
+            for indices in _batches([x.shape for x in inputs], batch_size):
+                batch = torch.stack([inputs[i] for i in indices]).to(device)
+                if flip:
+                    batch = batch.flip(-1)
+                start = time.perf_counter()
+                result = model(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds += time.perf_counter() - start
+                for i, row in zip(indices, result.float().cpu(), strict=True):
+                    out[i] = row
+            logits += out
+            labels += [label for _, label in items]
+            pixels += [x.shape[-2] * x.shape[-1] for x in inputs]
+    finally:
+        model.train(was_training)
+    return Outputs(
+        torch.stack(logits),
+        torch.as_tensor(labels, dtype=torch.long),
+        seconds,
+        float(np.mean(pixels)),
+    )
+
+
+def result_row(out: Outputs) -> dict[str, object]:
+    """Accuracy, 95 % interval, mean confidence, ms per image and per-image results of ``out``."""
+    logits, labels, seconds = out.logits, out.labels, out.seconds
+    correct = (logits.argmax(1) == labels).numpy()
+    low, high = bootstrap_ci(correct)
+    return {
+        "n": len(labels),
+        "accuracy": float(correct.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "mean_confidence": float(logits.softmax(1).max(1).values.mean()),
+        "ms_per_image": 1e3 * seconds / len(labels),
+        "correct": correct,
+        "logits": logits,
+    }
+
+
+def evaluate_at_scales(
+    model: nn.Module,
+    records_or_dataset: Sequence[PetRecord] | PetDataset,
+    sizes: Sequence[int],
+    *,
+    mode: str = "crop",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Evaluate ``model`` at every size in ``sizes``; one row per size.
+
+    Columns: ``size``, ``mode``, ``n``, ``accuracy``, ``ci_low``/``ci_high`` (95 % bootstrap),
+    ``mean_confidence`` (mean top-class probability), ``ms_per_image`` (forward passes only, at
+    ``batch_size``, on the model's device), ``pixels`` (mean input pixels per image), and per
+    image: ``correct`` (bool array) and ``logits`` (``(N, C)`` tensor), in the data set's order,
+    for paired comparisons (:func:`compare_frames`). Images are decoded once (:func:`decode_once`;
+    pass its result to skip even that). Any size >= 1 works: below the total stride of 32 the
+    last feature map is 1 x 1 and the adaptive average pool still gives one vector per image.
+    """
+    images = decode_once(records_or_dataset)
+    rows = []
+    for size in tqdm(sizes, desc=f"{mode} sizes", leave=False, disable=not progress or _quiet()):
+        out = run_transformed(model, images, size_transform(int(size), mode), batch_size=batch_size)
+        rows.append({"size": int(size), "mode": mode, "pixels": out.pixels, **result_row(out)})
+    return pd.DataFrame(rows)
+
+
+def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, object]:
+    """Accuracy of A minus B on the same images, with a paired 95 % bootstrap interval.
+
+    ``verdict`` is ``"tie"`` when the interval contains 0, else ``"A better"`` / ``"B better"``.
+    """
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
+    low, high = bootstrap_ci(a - b)
+    verdict = "tie" if low <= 0 <= high else ("A better" if low > 0 else "B better")
+    return {"difference": float((a - b).mean()), "ci_low": low, "ci_high": high, "verdict": verdict}
+
+
+def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> pd.DataFrame:
+    """Per size, :func:`paired_difference` of two :func:`evaluate_at_scales` results (A - B)."""
+    b_by_size = frame_b.set_index("size")
+    rows = [
+        {"size": row.size, **paired_difference(row.correct, b_by_size.loc[row.size, "correct"])}
+        for row in frame_a.itertuples()
+        if row.size in b_by_size.index
+    ]
+    return pd.DataFrame(rows)
+
+
+@contextlib.contextmanager
+def capture_stages(model: nn.Module, names: Sequence[str] = STAGE_NAMES) -> Iterator[dict]:
+    """Inside the ``with`` block, every forward pass stores each named child's output in the
+    yielded dict (``maxpool``: end of the stem; ``layer1``..``layer4``); hooks are removed on
+    exit, even after an error."""
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            module = getattr(model, name)
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach())
+                )
+            )
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
