@@ -1,0 +1,245 @@
+"""Scores for heatmaps (CAMs): against pet masks, against each other, and their baselines.
+
+Every function takes ``(N, H, W)`` maps (any non-negative scale; :mod:`course_utils.cam` gives
+[0, 1]) and returns one score per image as a numpy array, so that
+:func:`course_utils.evaluate.bootstrap_ci` gives an interval for its mean and a paired
+bootstrap compares two networks on the same images.
+
+- Localisation against a 0/1 pet mask ``M``: the energy-based pointing game
+  ``sum(L * M) / sum(L)`` (Wang et al. 2020, Score-CAM, https://arxiv.org/abs/1910.01279) and
+  the pointing-game hit (is the maximum of ``L`` on the pet? Zhang et al. 2016,
+  https://arxiv.org/abs/1608.00507, here without a tolerance margin). Both are undefined on an
+  image without pet pixels: select images with :func:`has_pet` first.
+- Faithfulness (does the network need the highlighted pixels?): grad-cam's
+  ``CamMultImageConfidenceChange``, see :func:`confidence_change`.
+- Baselines that know nothing about the image: :func:`random_cams` and :func:`centre_cams`.
+- Agreement of two maps of the same image: :func:`top_k_iou` and :func:`rank_correlation`;
+  :func:`top_k_mask` keeps the same area of every map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from course_utils.cam import normalize_cams, to_input_size
+from course_utils.evaluate import bootstrap_ci
+from course_utils.plots import NETWORK_LABELS
+
+
+def _check(cams: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    cams, masks = torch.as_tensor(cams).float(), torch.as_tensor(masks).float()
+    if cams.ndim != 3 or cams.shape != masks.shape:
+        raise ValueError(
+            f"cams {tuple(cams.shape)} and masks {tuple(masks.shape)}: need (N, H, W)."
+        )
+    return cams, masks
+
+
+def has_pet(masks: Tensor) -> np.ndarray:
+    """``(N,)`` bool: does mask ``i`` contain at least one pet pixel?"""
+    return (torch.as_tensor(masks).flatten(1) > 0).any(dim=1).numpy()
+
+
+def energy_pointing_game(cams: Tensor, masks: Tensor) -> np.ndarray:
+    """Share of each map's mass on the pet: ``sum(L * M) / sum(L)``, in [0, 1].
+
+    A map with no mass (all zeros) counts as uniform, so it scores the pet's share of the image.
+    """
+    cams, masks = _check(cams, masks)
+    total = cams.sum(dim=(1, 2))
+    inside = (cams * masks).sum(dim=(1, 2))
+    uniform = masks.mean(dim=(1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(1e-12), uniform).numpy()
+
+
+def pointing_hit(cams: Tensor, masks: Tensor) -> np.ndarray:
+    """1.0 when a map's maximum lies on the pet, else 0.0.
+
+    When several pixels share the maximum (e.g. a constant map), the score is the share of them
+    on the pet: the chance of a hit when the tie is broken at random.
+    """
+    cams, masks = _check(cams, masks)
+    peaks = (cams == cams.amax(dim=(1, 2), keepdim=True)).float()
+    return ((peaks * masks).sum(dim=(1, 2)) / peaks.sum(dim=(1, 2))).numpy()
+
+
+def random_cams(n: int, size: tuple[int, int], grid: int | None = None, seed: int = 0) -> Tensor:
+    """``n`` random maps ``(n, H, W)``: uniform noise on a coarse grid, upsampled like a Grad-CAM.
+
+    ``grid`` (default ``H / 32`` rounded, at least 1) matches layer4's feature map, so the random
+    map has the blob size of a real layer4 Grad-CAM. Its expected energy score and hit rate equal
+    the pet's share of the image.
+    """
+    height, width = size
+    grid = grid or max(1, round(height / 32))
+    grid_w = max(1, round(grid * width / height))
+    noise = torch.rand(n, grid, grid_w, generator=torch.Generator().manual_seed(seed))
+    return to_input_size(noise, size)
+
+
+def centre_cams(n: int, size: tuple[int, int], sigma: float = 0.25) -> Tensor:
+    """``n`` copies of a centred Gaussian ``(n, H, W)``, standard deviation ``sigma`` x the side.
+
+    Photographers centre their subject and the evaluation crop keeps the centre: this map knows
+    only that, and is the bar a network's map must clear to show it found the pet itself.
+    """
+    height, width = size
+    ys = (torch.arange(height) + 0.5) / height - 0.5
+    xs = (torch.arange(width) + 0.5) / width - 0.5
+    gauss = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * sigma**2))
+    return normalize_cams(gauss[None]).expand(n, height, width).clone()
+
+
+@torch.no_grad()
+def confidence_change(
+    model: nn.Module,
+    images: Tensor,
+    cams: Tensor | Mapping[str, Tensor],
+    classes: Tensor | Sequence[int],
+    batch_size: int = 32,
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Change of the probability of ``classes`` when each image is multiplied by its map.
+
+    grad-cam's ``CamMultImageConfidenceChange``: ``p_c(x * L) - p_c(x)`` on the normalised image,
+    so pixels where the map is 0 become the data set's mean colour. Close to 0: the highlighted
+    region alone keeps the network's confidence (a faithful map); strongly negative: the network
+    needed pixels that the map left out. ``cams`` is one ``(N, H, W)`` tensor (returns ``(N,)``)
+    or a dict of them (returns a dict): the unchanged images' ``p_c(x)`` is computed once for
+    all maps, then one forward pass per image and map.
+    """
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    metric = CamMultImageConfidenceChange()
+    device = next(model.parameters()).device
+    maps = dict(cams) if isinstance(cams, Mapping) else {"": cams}
+    classes = torch.as_tensor([int(c) for c in classes], dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        before = torch.cat(
+            [
+                model(images[i : i + batch_size].to(device)).softmax(dim=1).cpu()
+                for i in range(0, len(classes), batch_size)
+            ]
+        )
+        before = before.gather(1, classes[:, None])[:, 0].double().numpy()
+        changes = {}
+        for name, cam_maps in maps.items():
+            cam_maps = torch.as_tensor(cam_maps).float().numpy()
+            after = []
+            for i in range(0, len(classes), batch_size):
+                targets = [
+                    ClassifierOutputSoftmaxTarget(int(c)) for c in classes[i : i + batch_size]
+                ]
+                part = metric(
+                    images[i : i + batch_size].to(device),
+                    cam_maps[i : i + batch_size],
+                    targets,
+                    model,
+                    return_diff=False,
+                )
+                after.append(np.asarray(part, dtype=np.float64).reshape(-1))
+            changes[name] = np.concatenate(after) - before
+    finally:
+        model.train(was_training)
+    return changes if isinstance(cams, Mapping) else changes[""]
+
+
+def top_k_mask(cams: Tensor, k: float) -> Tensor:
+    """``(N, H, W)`` bool: the ``round(k * H * W)`` highest pixels of each map (ties by position).
+
+    Every map keeps exactly the same area, whatever its values: the way to compare maps of
+    different spread (a diffuse random map against a peaked Grad-CAM) on equal terms.
+    """
+    cams = torch.as_tensor(cams).float()
+    flat = cams.flatten(1)
+    count = min(flat.shape[1], max(1, round(k * flat.shape[1])))
+    region = torch.zeros_like(flat, dtype=torch.bool)
+    region.scatter_(1, flat.topk(count, dim=1).indices, True)
+    return region.view_as(cams)
+
+
+def top_k_iou(cams_a: Tensor, cams_b: Tensor, k: float = 0.2) -> np.ndarray:
+    """IoU of the ``k`` (default 20 %) highest pixels of two maps of the same image, in [0, 1].
+
+    Exactly ``round(k * H * W)`` pixels per map (:func:`top_k_mask`), so two identical maps
+    score 1 and a map against its reverse ``1 - L`` scores 0 (for ``k <= 0.5``).
+    """
+    cams_a, cams_b = _check(cams_a, cams_b)
+    region_a, region_b = top_k_mask(cams_a, k).flatten(1), top_k_mask(cams_b, k).flatten(1)
+    both = (region_a & region_b).sum(dim=1).double()
+    either = (region_a | region_b).sum(dim=1).double()
+    return (both / either).numpy()
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with tied values sharing their average rank (as ``scipy.stats.rankdata``)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]
+
+
+def rank_correlation(cams_a: Tensor, cams_b: Tensor) -> np.ndarray:
+    """Spearman rank correlation of two maps of the same image, pixel by pixel, in [-1, 1].
+
+    1: same ordering of the pixels; -1: reversed; 0: unrelated. A constant map has no ordering:
+    its correlation is ``nan``.
+    """
+    cams_a, cams_b = _check(cams_a, cams_b)
+    scores = []
+    for a, b in zip(cams_a.flatten(1).numpy(), cams_b.flatten(1).numpy(), strict=True):
+        ra, rb = _average_ranks(a) - (a.size + 1) / 2, _average_ranks(b) - (b.size + 1) / 2
+        denominator = np.sqrt((ra**2).sum() * (rb**2).sum())
+        scores.append((ra * rb).sum() / denominator if denominator > 0 else np.nan)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def format_mean_ci(values: np.ndarray, digits: int = 2, seed: int = 0) -> str:
+    """``"0.62 (0.58 to 0.66)"``: the mean of per-image scores with its 95 % bootstrap interval."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = bootstrap_ci(values, seed=seed)
+    return f"{values.mean():.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
+
+
+def paired_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, seed: int = 0
+) -> tuple[float, float, float, str]:
+    """``b - a`` on the same images: mean, 95 % paired-bootstrap interval, and a verdict string.
+
+    The verdict is ``"tie"`` when the interval contains 0, else which of the two scores higher.
+    """
+    diff = np.asarray(scores_b, dtype=np.float64) - np.asarray(scores_a, dtype=np.float64)
+    low, high = bootstrap_ci(diff, seed=seed)
+    verdict = "tie" if low <= 0 <= high else ("b higher" if low > 0 else "a higher")
+    return float(diff.mean()), low, high, verdict
+
+
+def compare_row(
+    scores: Mapping[str, np.ndarray],
+    baselines: Mapping[str, np.ndarray] | None = None,
+    digits: int = 2,
+) -> dict[str, str]:
+    """One table row: each network's mean score (95 % CI), their paired difference, baselines.
+
+    ``scores`` maps two architectures (e.g. ``resnet50``, ``resnet101``) to per-image scores on
+    the same images; ``baselines`` maps a baseline's name to its per-image scores there.
+    """
+    (arch_a, a), (arch_b, b) = scores.items()
+    label_a, label_b = NETWORK_LABELS.get(arch_a, arch_a), NETWORK_LABELS.get(arch_b, arch_b)
+    row = {label_a: format_mean_ci(a, digits), label_b: format_mean_ci(b, digits)}
+    mean, low, high, verdict = paired_difference(a, b)
+    verdict = {"tie": "tie", "a higher": f"{label_a} higher", "b higher": f"{label_b} higher"}[
+        verdict
+    ]
+    row[f"{label_b} - {label_a}"] = (
+        f"{mean:+.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f}): {verdict}"
+    )
+    for name, values in (baselines or {}).items():
+        row[name] = format_mean_ci(values, digits)
+    row["images"] = str(len(a))
+    return row
