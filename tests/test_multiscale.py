@@ -178,6 +178,13 @@ def test_low_resolution_at_the_eval_size_is_native(model, images) -> None:
     frame = evaluate_low_resolution(model, images, [24, 40], eval_size=40)
     at_40 = frame[frame["size"] == 40].set_index("condition")
     assert torch.equal(at_40.loc["native", "logits"], at_40.loc["down-up", "logits"])
+    at_24 = frame[frame["size"] == 24].set_index("condition")
+    assert at_24.loc["down-up", "logits"].shape == at_24.loc["native", "logits"].shape
+    # ... and the row is not a shortcut: the down-up input at the eval size *is* the native one.
+    inputs = [lowres_transform(40, 40)(images[i][0]) for i in range(len(images))]
+    with torch.no_grad():
+        direct = model(torch.stack(inputs).as_subclass(torch.Tensor))
+    torch.testing.assert_close(at_40.loc["down-up", "logits"], direct, rtol=1e-4, atol=1e-5)
     image = images[0][0]
     assert torch.equal(lowres_transform(40, 40)(image), eval_transform(40)(image))
     assert lowres_transform(24, 40)(image).shape == (3, 40, 40)
