@@ -32,6 +32,9 @@ def network_style(arch: str) -> dict[str, str]:
     return {"color": NETWORK_COLORS[arch], "label": NETWORK_LABELS[arch]}
 
 
+DISPLAY_DPI = 80  # resolution of plots shown inline (the saved PNG files use 120)
+
+
 def figures_dir() -> Path:
     """Folder that collects every figure the notebooks save (under the artifacts folder)."""
     path = artifacts_dir() / "figures"
@@ -47,17 +50,19 @@ def save_figure(fig: plt.Figure, name: str) -> Path:
 
 
 def show(fig: plt.Figure, name: str, *, photo: bool = False) -> None:
-    """Save ``fig`` (see :func:`save_figure`) and display it inline.
+    """Save ``fig`` (see :func:`save_figure`), display it in the notebook and close it.
 
-    Figures that are mostly photographs (``photo=True``) are shown as JPEG, which keeps the
-    committed notebooks small; plots are shown as PNG.
+    The image is rendered here and handed to IPython, so it reaches the notebook whatever the
+    matplotlib backend (``MPLBACKEND=agg`` included, where ``plt.show()`` shows nothing). Plots
+    are shown as PNG; figures that are mostly photographs (``photo=True``) as JPEG, which keeps
+    the committed notebooks small.
     """
     path = save_figure(fig, name)
+    buffer = io.BytesIO()
     if photo:
-        buffer = io.BytesIO()
         fig.savefig(buffer, format="jpeg", dpi=80, bbox_inches="tight", pil_kwargs={"quality": 85})
-        plt.close(fig)
-        display(Image(data=buffer.getvalue(), format="jpeg"))
     else:
-        plt.show()
+        fig.savefig(buffer, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="jpeg" if photo else "png"))
     print(f"saved: {path}")
