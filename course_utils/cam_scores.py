@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from course_utils import evaluate
 from course_utils.cam import normalize_cams, to_input_size
-from course_utils.evaluate import bootstrap_ci
 from course_utils.plots import NETWORK_LABELS
 
 
@@ -202,7 +202,7 @@ def rank_correlation(cams_a: Tensor, cams_b: Tensor) -> np.ndarray:
 def format_mean_ci(values: np.ndarray, digits: int = 2, seed: int = 0) -> str:
     """``"0.62 (0.58 to 0.66)"``: the mean of per-image scores with its 95 % bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(values, seed=seed)
+    low, high = evaluate.bootstrap_ci(values, seed=seed)
     return f"{values.mean():.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
 
 
@@ -213,10 +213,9 @@ def paired_difference(
 
     The verdict is ``"tie"`` when the interval contains 0, else which of the two scores higher.
     """
-    diff = np.asarray(scores_b, dtype=np.float64) - np.asarray(scores_a, dtype=np.float64)
-    low, high = bootstrap_ci(diff, seed=seed)
-    verdict = "tie" if low <= 0 <= high else ("b higher" if low > 0 else "a higher")
-    return float(diff.mean()), low, high, verdict
+    diff = evaluate.paired_difference(scores_b, scores_a, seed=seed)
+    verdict = {"A better": "b higher", "B better": "a higher"}.get(diff["verdict"], "tie")
+    return diff["difference"], diff["ci_low"], diff["ci_high"], verdict
 
 
 def compare_row(

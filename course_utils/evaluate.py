@@ -2,8 +2,8 @@
 
 Small test sets get confidence intervals (the course's honesty rule): :func:`bootstrap_ci` gives a
 percentile bootstrap interval for the mean of any per-image score. For two networks scored on the
-same images, ``bootstrap_ci(correct_a.astype(float) - correct_b)`` is the paired interval of the
-accuracy difference; when it contains 0 the difference is inside the noise: call it a tie.
+same images, :func:`paired_difference` gives the paired interval of the difference; when it
+contains 0 the difference is inside the noise: call it a tie.
 """
 
 from __future__ import annotations
@@ -174,6 +174,22 @@ def bootstrap_ci(
     )
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def paired_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, seed: int = 0
+) -> dict[str, object]:
+    """Mean of A minus B on the same images (0/1 correctness or any scores), with a paired 95 %
+    bootstrap interval.
+
+    ``verdict`` is ``"tie"`` when the interval contains 0, else ``"A better"`` / ``"B better"``.
+    """
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
+    low, high = bootstrap_ci(a - b, seed=seed)
+    verdict = "tie" if low <= 0 <= high else ("A better" if low > 0 else "B better")
+    return {"difference": float((a - b).mean()), "ci_low": low, "ci_high": high, "verdict": verdict}
 
 
 def format_accuracy(correct: np.ndarray, level: float = 0.95, seed: int = 0) -> str:

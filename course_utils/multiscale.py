@@ -16,8 +16,9 @@ measures what that does to accuracy:
 
   Batching never pads (zeros would enter the average pool): images are grouped by their exact
   resized shape and each group is cut into batches, so every result equals the per-image one.
-- :func:`paired_difference` / :func:`compare_frames`: accuracy differences on the same images,
-  with a paired bootstrap interval; an interval that contains 0 is a tie.
+- :func:`compare_frames`: per size, :func:`course_utils.evaluate.paired_difference` (accuracy
+  differences on the same images, with a paired bootstrap interval; an interval that contains 0
+  is a tie). ``multiscale.paired_difference`` is the same function.
 
 Test-time augmentation and low-resolution robustness are in :mod:`course_utils.multiscale_tta`.
 """
@@ -38,14 +39,13 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from course_utils.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CachedPetDataset,
     PetDataset,
     PetRecord,
     eval_transform,
+    normalise_steps,
 )
-from course_utils.evaluate import bootstrap_ci
+from course_utils.evaluate import bootstrap_ci, paired_difference
 
 MODES: tuple[str, ...] = ("crop", "shorter_side")
 STAGE_NAMES: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -81,10 +81,6 @@ def decode_once(
     return CachedPetDataset(records, transform=None, cache_side=cache_side)
 
 
-def _normalise() -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-
-
 def size_transform(size: int, mode: str = "crop") -> Transform:
     """uint8 image -> normalised float input of the network at ``size`` (see the module doc)."""
     if size < 1:
@@ -92,7 +88,7 @@ def size_transform(size: int, mode: str = "crop") -> Transform:
     if mode == "crop":
         return eval_transform(size)
     if mode == "shorter_side":
-        return v2.Compose([v2.Resize(size, antialias=True), *_normalise()])
+        return v2.Compose([v2.Resize(size, antialias=True), *normalise_steps()])
     raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
 
 
@@ -206,19 +202,6 @@ def evaluate_at_scales(
         out = run_transformed(model, images, size_transform(int(size), mode), batch_size=batch_size)
         rows.append({"size": int(size), "mode": mode, "pixels": out.pixels, **result_row(out)})
     return pd.DataFrame(rows)
-
-
-def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, object]:
-    """Accuracy of A minus B on the same images, with a paired 95 % bootstrap interval.
-
-    ``verdict`` is ``"tie"`` when the interval contains 0, else ``"A better"`` / ``"B better"``.
-    """
-    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
-    low, high = bootstrap_ci(a - b)
-    verdict = "tie" if low <= 0 <= high else ("A better" if low > 0 else "B better")
-    return {"difference": float((a - b).mean()), "ci_low": low, "ci_high": high, "verdict": verdict}
 
 
 def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> pd.DataFrame:

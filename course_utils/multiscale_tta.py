@@ -23,11 +23,10 @@ from torch import nn
 from torchvision.transforms import v2
 
 from course_utils.cost import count_macs
-from course_utils.data import PetDataset, PetRecord
+from course_utils.data import PetDataset, PetRecord, centre_crop_steps, normalise_steps
 from course_utils.multiscale import (
     Outputs,
     Transform,
-    _normalise,
     decode_once,
     paired_difference,
     result_row,
@@ -119,13 +118,14 @@ def compare_tta(
         f"multi-scale ({', '.join(map(str, sizes))} px)": [(s, False) for s in sizes],
         "multi-scale + flip": [(s, m) for s in sizes for m in (False, True)],
     }
+    macs = {size: count_macs(model, size) for size in needed} if mode == "crop" else {}
     rows, single = [], None
     for method, keys in methods.items():
         out = _combined([views[(int(s), m)] for s, m in keys], combine)
         row = {"method": method, "views": len(keys), **result_row(out)}
         single = single or row
         gain = paired_difference(row["correct"], single["correct"])
-        macs = sum(count_macs(model, int(s)) for s, _ in keys) if mode == "crop" else np.nan
+        total_macs = sum(macs[int(s)] for s, _ in keys) if macs else np.nan
         rows.append(
             {
                 **row,
@@ -133,7 +133,7 @@ def compare_tta(
                 "gain_low": gain["ci_low"],
                 "gain_high": gain["ci_high"],
                 "verdict": {"A better": "better", "B better": "worse"}.get(gain["verdict"], "tie"),
-                "gmacs_per_image": macs / 1e9,
+                "gmacs_per_image": total_macs / 1e9,
                 "cost": row["ms_per_image"] / single["ms_per_image"],
             }
         )
@@ -159,17 +159,13 @@ def lowres_transform(size: int, eval_size: int) -> Transform:
     ``size == eval_size`` is exactly the standard evaluation input."""
     if not 1 <= size <= eval_size:
         raise ValueError(f"size must lie in [1, eval_size={eval_size}]; got {size}.")
-    steps: list[v2.Transform] = [
-        v2.ToImage(),
-        v2.Resize(round(eval_size * 8 / 7), antialias=True),
-        v2.CenterCrop(eval_size),
-    ]
+    steps = centre_crop_steps(eval_size)
     if size != eval_size:
         steps += [
             v2.Resize((size, size), antialias=True),
             v2.Resize((eval_size, eval_size), antialias=True),
         ]
-    return v2.Compose([*steps, *_normalise()])
+    return v2.Compose([*steps, *normalise_steps()])
 
 
 def evaluate_low_resolution(

@@ -26,8 +26,10 @@ from course_utils.data.splits import SPLITS
 from course_utils.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    centre_crop_steps,
     denormalize,
     eval_transform,
+    normalise_steps,
     train_transform,
 )
 
@@ -47,6 +49,7 @@ __all__ = [
     "balanced_subset",
     "bundled_records",
     "cache_side_for",
+    "centre_crop_steps",
     "check_image",
     "dataset_in_use",
     "denormalize",
@@ -56,6 +59,7 @@ __all__ = [
     "get_records",
     "load_rgb",
     "make_loader",
+    "normalise_steps",
     "oxford_pets_records",
     "train_transform",
     "validate_images",

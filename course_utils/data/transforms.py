@@ -16,8 +16,14 @@ TRAIN_CROP_SCALE: tuple[float, float] = (0.35, 1.0)  # fraction of the image's a
 TRAIN_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
 
 
-def _to_normalised_float() -> list[v2.Transform]:
+def normalise_steps() -> list[v2.Transform]:
+    """uint8 image -> float in [0, 1] -> ImageNet-normalised: the last steps of every transform."""
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def centre_crop_steps(size: int) -> list[v2.Transform]:
+    """Shorter side to ``round(size * 8 / 7)`` (224 -> 256), then the central ``size`` square."""
+    return [v2.ToImage(), v2.Resize(round(size * 8 / 7), antialias=True), v2.CenterCrop(size)]
 
 
 def train_transform(size: int, scale: tuple[float, float] = TRAIN_CROP_SCALE) -> v2.Compose:
@@ -29,21 +35,14 @@ def train_transform(size: int, scale: tuple[float, float] = TRAIN_CROP_SCALE) ->
             v2.RandomResizedCrop(size, scale=scale, ratio=TRAIN_CROP_RATIO, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            *_to_normalised_float(),
+            *normalise_steps(),
         ]
     )
 
 
 def eval_transform(size: int) -> v2.Compose:
     """Shorter side to ``round(size * 8 / 7)`` (224 -> 256), then the central ``size`` square."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.Resize(round(size * 8 / 7), antialias=True),
-            v2.CenterCrop(size),
-            *_to_normalised_float(),
-        ]
-    )
+    return v2.Compose([*centre_crop_steps(size), *normalise_steps()])
 
 
 def denormalize(tensor: torch.Tensor) -> torch.Tensor:
