@@ -32,7 +32,8 @@ def network_style(arch: str) -> dict[str, str]:
     return {"color": NETWORK_COLORS[arch], "label": NETWORK_LABELS[arch]}
 
 
-DISPLAY_DPI = 80  # resolution of plots shown inline (the saved PNG files use 120)
+DISPLAY_DPI = 80  # figures shown in the notebook
+SAVE_DPI = 120  # the PNG files under figures_dir()
 
 
 def figures_dir() -> Path:
@@ -45,7 +46,7 @@ def figures_dir() -> Path:
 def save_figure(fig: plt.Figure, name: str) -> Path:
     """Save ``fig`` as ``<figures_dir>/<name>.png`` and return the path."""
     path = figures_dir() / f"{name}.png"
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight")
     return path
 
 
@@ -58,11 +59,10 @@ def show(fig: plt.Figure, name: str, *, photo: bool = False) -> None:
     the committed notebooks small.
     """
     path = save_figure(fig, name)
+    image_format = "jpeg" if photo else "png"
+    extra = {"pil_kwargs": {"quality": 85}} if photo else {}
     buffer = io.BytesIO()
-    if photo:
-        fig.savefig(buffer, format="jpeg", dpi=80, bbox_inches="tight", pil_kwargs={"quality": 85})
-    else:
-        fig.savefig(buffer, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
+    fig.savefig(buffer, format=image_format, dpi=DISPLAY_DPI, bbox_inches="tight", **extra)
     plt.close(fig)
-    display(Image(data=buffer.getvalue(), format="jpeg" if photo else "png"))
+    display(Image(data=buffer.getvalue(), format=image_format))
     print(f"saved: {path}")

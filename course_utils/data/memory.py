@@ -32,7 +32,9 @@ def cache_side_for(image_size: int) -> int:
     ``image_size / 0.51`` (about 1.95 x: 250 px for 128, 438 px for 224) means that even this crop
     is not enlarged to reach ``image_size``, so training sees every pixel of detail it would see
     from the files; larger crops and :func:`eval_transform` (8/7 x) shrink it further. Images
-    smaller than this are cached as they are, never enlarged.
+    smaller than this are cached as they are, never enlarged. The side is set by the default crop
+    scale: with a wider one (e.g. ``crop_scale=(0.08, 1.0)``) the smallest crops are enlarged
+    from the cache.
     """
     return math.ceil(image_size / math.sqrt(TRAIN_CROP_SCALE[0] * TRAIN_CROP_RATIO[0]))
 
@@ -59,7 +61,6 @@ class CachedPetDataset(PetDataset):
         cache_side: int | None = None,
     ) -> None:
         super().__init__(records, transform, with_mask)
-        self.cache_side = cache_side
         shapes: list[tuple[int, int]] = []
         images: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
