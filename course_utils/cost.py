@@ -54,7 +54,6 @@ __all__ = [
     "parameters_per_stage",
     "receptive_field",
     "receptive_field_trace",
-    "stage_of",
     "summarize_times",
     "time_interleaved",
     "train_step",
@@ -73,7 +72,7 @@ def _hw(input_size: tuple[int, int] | int) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def stage_of(child_name: str, seen_body: bool) -> str:
+def _stage_of(child_name: str, seen_body: bool) -> str:
     """Stage of a top-level child of a ResNet: ``stem`` before layer1, ``head`` after layer4."""
     if child_name in _BODY_STAGES:
         return child_name
@@ -84,7 +83,7 @@ def _stage_map(model: nn.Module) -> dict[str, str]:
     """Top-level child name -> stage, in registration order (the order ResNet runs them)."""
     stages, seen_body = {}, False
     for name, _ in model.named_children():
-        stages[name] = stage_of(name, seen_body)
+        stages[name] = _stage_of(name, seen_body)
         seen_body = seen_body or name in _BODY_STAGES
     return stages
 
@@ -224,10 +223,6 @@ def receptive_field(
 # --------------------------------------------------------------------------- timing
 
 
-def _device(device: torch.device | str) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device)
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -251,7 +246,7 @@ def inference_step(
 
     Moves ``model`` to ``device`` and puts it in eval mode (both in place).
     """
-    device = _device(device)
+    device = torch.device(device)
     model.to(device).eval()
     images = _random_images(input_size, batch_size, device)
 
@@ -275,7 +270,7 @@ def train_step(
     One step = forward, cross-entropy against random labels, backward, SGD (momentum 0.9) update.
     It trains a **copy** of ``model`` on ``device``, so the model passed in keeps its weights.
     """
-    device = _device(device)
+    device = torch.device(device)
     model = copy.deepcopy(model).to(device).train()
     images = _random_images(input_size, batch_size, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -310,7 +305,7 @@ def time_interleaved(
     Each round calls every step once, in turn (a, b, a, b, ...); on CUDA the device is
     synchronised before and after each timed call, so a time covers the work, not its launch.
     """
-    device = _device(device)
+    device = torch.device(device)
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
@@ -388,13 +383,9 @@ def measure_train_step(
     )["model"]
 
 
-# measure_* functions passed to compare_side_by_side stand for the steps they time.
-_STEP_OF = {measure_latency: inference_step, measure_train_step: train_step}
-
-
 def compare_side_by_side(
     models: Mapping[str, nn.Module],
-    fn: Callable[..., object],
+    step_factory: Callable[..., Callable[[], object]],
     input_size: tuple[int, int] | int,
     batch_size: int,
     device: torch.device | str,
@@ -404,14 +395,15 @@ def compare_side_by_side(
 ) -> dict[str, dict[str, object]]:
     """Time several networks on the same work, interleaved, and summarise each.
 
-    ``fn`` is :func:`measure_latency` or :func:`measure_train_step` (or a step factory with the
-    signature of :func:`inference_step`). Every network is prepared first, then the timed calls
+    ``step_factory`` is :func:`inference_step`, :func:`train_step` or another factory with their
+    signature. Every network is prepared first, then the timed calls
     alternate between networks (see :func:`time_interleaved`), so a slow spell on the machine
     hits all of them alike. Returns ``{name: summarize_times(...)}``.
     """
-    factory = _STEP_OF.get(fn, fn)
-    device = _device(device)
-    steps = {name: factory(model, input_size, batch_size, device) for name, model in models.items()}
+    device = torch.device(device)
+    steps = {
+        name: step_factory(model, input_size, batch_size, device) for name, model in models.items()
+    }
     times = time_interleaved(steps, device, warmup=warmup, repeats=repeats)
     return {name: summarize_times(seconds, batch_size) for name, seconds in times.items()}
 
@@ -438,7 +430,7 @@ def measure_peak_memory(
     cache and everything else the process holds, so a per-call peak cannot be read reliably and
     this returns ``None``.
     """
-    device = _device(device)
+    device = torch.device(device)
     if device.type != "cuda":
         return None
     factory = train_step if train else inference_step
