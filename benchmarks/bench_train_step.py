@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 from torch import nn
 
-from course_utils import config, models
+from course_utils import config, cost, models
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,17 +58,6 @@ def make_train_step(
     return step
 
 
-def timed(step: Callable[[], None], device: torch.device) -> float:
-    """Seconds for one call of ``step``, synchronising the GPU around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def bench(arch: str, args: argparse.Namespace, device: torch.device) -> None:
     """Print the side-by-side table for one architecture."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -85,13 +73,7 @@ def bench(arch: str, args: argparse.Namespace, device: torch.device) -> None:
     for name, model in networks.items():
         model.to(device, memory_format=memory_format).train()
         steps[name] = make_train_step(model, images, labels, args.amp)
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, device))
+    times = cost.time_interleaved(steps, device, warmup=args.warmup, repeats=args.repeats)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{arch}: batch {args.batch_size} x {args.image_size} px, median of {args.repeats}")

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from course_utils import config, data, evaluate, train, zoo
+from course_utils import config, cost, data, evaluate, models, train, zoo
 
 TARGETS = {"cpu": {"resnet50": (15.0, 0.78)}}  # profile -> arch -> (max minutes, min accuracy)
 
 
-def test_accuracy(model: torch.nn.Module, profile: config.Profile) -> str:
+def test_split_accuracy(model: torch.nn.Module, profile: config.Profile) -> str:
     """Accuracy on the profile's test split, with its 95% bootstrap interval."""
     records, _ = data.get_records(profile, "test")
     dataset = data.PetDataset(records, data.eval_transform(profile.image_size))
@@ -38,9 +37,10 @@ def report_runs(profile: config.Profile, archs: list[str]) -> None:
         model, history = zoo.load_or_train(arch, profile=profile, progress=False)
         minutes = sum(r["epoch_seconds"] for r in history.records) / 60
         images_per_s = statistics.median(r["images_per_s"] for r in history.records)
+        accuracy = test_split_accuracy(model, profile)
         line = (
             f"{arch:>10}: trained {len(history.records)} epochs in {minutes:.1f} min "
-            f"({images_per_s:.1f} img/s median), test accuracy {test_accuracy(model, profile)}"
+            f"({images_per_s:.1f} img/s median), test accuracy {accuracy}"
         )
         target = TARGETS.get(profile.name, {}).get(arch)
         if target:
@@ -48,10 +48,10 @@ def report_runs(profile: config.Profile, archs: list[str]) -> None:
         print(line)
 
 
-def bare_step(model, optimizer, images, labels) -> None:
+def bare_step(model, optimizer, images, labels, label_smoothing: float) -> None:
     """The reference: a plain mixed-precision, channels-last torchvision training step."""
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
+        loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -73,21 +73,20 @@ def compare_loops_on_cuda(arch: str, size: int, batch: int, steps: int, rounds: 
     bare = getattr(torchvision.models, arch)(num_classes=2).to(
         device, memory_format=torch.channels_last
     )
-    bare_opt = torch.optim.AdamW(bare.parameters(), lr=2e-3, weight_decay=0.05)
-    rates: dict[str, list[float]] = {"ours": [], "bare": []}
-    for round_ in range(rounds + 1):  # round 0 warms up both
-        for name in ("ours", "bare"):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            if name == "ours":
-                train.train_one_epoch(ours, loader, ours_opt, scheduler, scaler, cfg, device)
-            else:
-                for x, y in loader:
-                    bare_step(bare, bare_opt, x.contiguous(memory_format=torch.channels_last), y)
-            torch.cuda.synchronize()
-            if round_:
-                rates[name].append(steps * batch / (time.perf_counter() - start))
-    ours_rate, bare_rate = (statistics.median(rates[n]) for n in ("ours", "bare"))
+    bare_opt = torch.optim.AdamW(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def ours_epoch() -> None:
+        train.train_one_epoch(ours, loader, ours_opt, scheduler, scaler, cfg, device)
+
+    def bare_epoch() -> None:
+        for x, y in loader:
+            x = x.contiguous(memory_format=torch.channels_last)
+            bare_step(bare, bare_opt, x, y, cfg.label_smoothing)
+
+    # round 1 warms up both; then the rounds alternate ours, bare, ours, ...
+    epochs = {"ours": ours_epoch, "bare": bare_epoch}
+    times = cost.time_interleaved(epochs, device, warmup=1, repeats=rounds)
+    ours_rate, bare_rate = (steps * batch / statistics.median(times[n]) for n in ("ours", "bare"))
     print(
         f"{arch:>10} on {torch.cuda.get_device_name(device)}, {size} px, batch {batch}: "
         f"course loop {ours_rate:.0f} img/s, bare torchvision+AMP+channels-last "
@@ -98,7 +97,9 @@ def compare_loops_on_cuda(arch: str, size: int, batch: int, steps: int, rounds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=list(config.PROFILES), default=None)
-    parser.add_argument("--archs", nargs="+", default=["resnet50", "resnet101"])
+    parser.add_argument(
+        "--archs", nargs="+", default=["resnet50", "resnet101"], choices=list(models.ARCHITECTURES)
+    )
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--gpu-rounds", type=int, default=5)
     args = parser.parse_args()
