@@ -21,8 +21,9 @@ import random
 import re
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -38,18 +39,23 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically and return the path.
+    """Write ``state`` to ``path`` atomically (see :func:`write_atomic`) and return the path."""
+    return write_atomic(path, lambda file: torch.save({"format": CHECKPOINT_FORMAT, **state}, file))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write`` on a binary file that atomically becomes ``path``; return the path.
 
     The bytes go to a temporary file in the same folder, are flushed to disk (``fsync``) and the
     file is renamed over ``path`` (``os.replace``), so a crash mid-save leaves the previous
-    checkpoint intact, never a truncated one.
+    file intact, never a truncated one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "xb") as file:  # "x": a fresh file, with the usual permissions
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -173,6 +179,7 @@ def model_from_checkpoint(
     path: str | Path,
     *,
     expected_arch: str | None = None,
+    expected_num_classes: int | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the stored architecture, load its weights and return ``(model, meta)``.
@@ -180,7 +187,9 @@ def model_from_checkpoint(
     The model is in eval mode on ``device``. ``meta`` is the checkpoint without its tensors of
     model and optimiser: ``arch``, ``num_classes``, ``epoch``, ``config``, ``history``, ``meta``...
     """
-    state = load_checkpoint(path, expected_arch=expected_arch)
+    state = load_checkpoint(
+        path, expected_arch=expected_arch, expected_num_classes=expected_num_classes
+    )
     model = model_from_state(state)
     skip = {"model", "optimizer", "scheduler", "scaler", "rng"}
     meta = {key: value for key, value in state.items() if key not in skip}

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from course_utils.checkpoints import load_checkpoint, model_from_state
+from course_utils.checkpoints import model_from_checkpoint
 from course_utils.config import get_device
 from course_utils.data import (
     CLASSES,
@@ -33,15 +33,14 @@ BATCH_SIZE = 32
 
 def _load(path: str, image_size: int | None) -> tuple[nn.Module, int]:
     """The checkpoint's model (eval mode, on ``get_device()``) and the resolution to use."""
-    state = load_checkpoint(path, expected_num_classes=len(CLASSES))
-    trained = state.get("config", {}).get("image_size")
+    device = get_device()
+    model, info = model_from_checkpoint(path, expected_num_classes=len(CLASSES), device=device)
+    trained = info.get("config", {}).get("image_size")
     size = image_size or trained
     if size is None:
         raise ValueError(f"{path} does not record its training image size: add --image-size.")
-    device = get_device()
-    model = model_from_state(state).to(device).eval()
     print(
-        f"checkpoint: {path} ({state['arch']}, epoch {state.get('epoch', '?')}, trained at "
+        f"checkpoint: {path} ({info['arch']}, epoch {info.get('epoch', '?')}, trained at "
         f"{trained or '?'} px); running at {size} px on {device}"
     )
     return model, size

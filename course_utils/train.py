@@ -43,6 +43,7 @@ from course_utils.checkpoints import (
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
+    write_atomic,
 )
 from course_utils.config import Profile, get_device, seed_everything
 from course_utils.data.transforms import TRAIN_CROP_SCALE
@@ -180,20 +181,15 @@ class History:
             "memory_measure": self.memory_measure,
             "epochs": self.records,
         }
-        _write_atomic(folder / HISTORY_JSON, json.dumps(payload, indent=2))
-        _write_atomic(folder / HISTORY_CSV, self.to_frame().to_csv(index=False))
+        json_bytes = json.dumps(payload, indent=2).encode()
+        csv_bytes = self.to_frame().to_csv(index=False).encode()
+        write_atomic(folder / HISTORY_JSON, lambda file: file.write(json_bytes))
+        write_atomic(folder / HISTORY_CSV, lambda file: file.write(csv_bytes))
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any]) -> History:
         """The history stored in a loaded checkpoint (``load_checkpoint``)."""
         return cls(list(state["history"]), state["config"], state.get("memory_measure", ""))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build_model_for(cfg: TrainConfig) -> nn.Module:
