@@ -126,6 +126,11 @@ def default_num_workers() -> int:
     return max(0, min(8, (cores or 1) - 1))
 
 
+def under_ci() -> bool:
+    """True when ``$CI`` is set: progress bars stay off there, so logs stay readable."""
+    return bool(os.environ.get("CI"))
+
+
 def repo_root() -> Path:
     """The course repository (the folder that holds ``course_utils/``)."""
     return Path(__file__).resolve().parent.parent

@@ -26,7 +26,6 @@ Test-time augmentation and low-resolution robustness are in :mod:`course_utils.m
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -38,6 +37,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from course_utils.config import under_ci
 from course_utils.data import (
     CachedPetDataset,
     PetDataset,
@@ -90,10 +90,6 @@ def size_transform(size: int, mode: str = "crop") -> Transform:
     if mode == "shorter_side":
         return v2.Compose([v2.Resize(size, antialias=True), *normalise_steps()])
     raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
-
-
-def _quiet() -> bool:
-    return bool(os.environ.get("CI"))
 
 
 def _batches(shapes: Sequence[tuple[int, ...]], batch_size: int) -> Iterator[list[int]]:
@@ -198,7 +194,7 @@ def evaluate_at_scales(
     """
     images = decode_once(records_or_dataset)
     rows = []
-    for size in tqdm(sizes, desc=f"{mode} sizes", leave=False, disable=not progress or _quiet()):
+    for size in tqdm(sizes, desc=f"{mode} sizes", leave=False, disable=not progress or under_ci()):
         out = run_transformed(model, images, size_transform(int(size), mode), batch_size=batch_size)
         rows.append({"size": int(size), "mode": mode, "pixels": out.pixels, **result_row(out)})
     return pd.DataFrame(rows)

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from course_utils.checkpoints import (
     unwrap_model,
     write_atomic,
 )
-from course_utils.config import Profile, get_device, seed_everything
+from course_utils.config import Profile, get_device, seed_everything, under_ci
 from course_utils.data.transforms import TRAIN_CROP_SCALE
 from course_utils.evaluate import predict, split_batch
 
@@ -592,7 +591,7 @@ def fit(
     else:
         start_epoch = 0
         seed_everything(cfg.seed)
-    bars = progress and not os.environ.get("CI")
+    bars = progress and not under_ci()
     epoch_bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=cfg.arch, disable=not bars)
     try:
         for epoch in range(start_epoch, cfg.epochs):
