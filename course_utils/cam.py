@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from course_utils.evaluate import split_batch
+from course_utils.evaluate import Predictions, split_batch
 
 STAGES: tuple[str, ...] = ("layer2", "layer3", "layer4")
 BY_HAND = "Grad-CAM (by hand)"
@@ -172,26 +172,13 @@ def package_cam(
     return torch.from_numpy(np.asarray(maps, dtype=np.float32)), logits
 
 
-@dataclass(frozen=True)
-class CamRun:
-    """CAMs of one network over a data set with masks, in the data set's order."""
+@dataclass(frozen=True, kw_only=True)
+class CamRun(Predictions):
+    """CAMs of one network over a data set with masks, in the data set's order, with its
+    predictions (``logits``, ``labels``, ``predicted``, ``confidence``, ``correct``)."""
 
     cams: dict[str, Tensor]  # stage -> (N, H, W) in [0, 1]
-    logits: Tensor  # (N, C)
-    labels: Tensor  # (N,)
     masks: Tensor  # (N, H, W) uint8, 1 = pet
-
-    @property
-    def predicted(self) -> Tensor:
-        return self.logits.argmax(dim=1)
-
-    @property
-    def confidence(self) -> Tensor:
-        return self.logits.softmax(dim=1).amax(dim=1)
-
-    @property
-    def correct(self) -> np.ndarray:
-        return (self.predicted == self.labels).numpy()
 
 
 def cams_for_dataset(
@@ -227,10 +214,10 @@ def cams_for_dataset(
         labels.append(torch.as_tensor(targets).long())
         masks.append(batch["mask"])
     return CamRun(
-        {stage: torch.cat(parts) for stage, parts in cams.items()},
-        torch.cat(logits),
-        torch.cat(labels),
-        torch.cat(masks),
+        logits=torch.cat(logits),
+        labels=torch.cat(labels),
+        cams={stage: torch.cat(parts) for stage, parts in cams.items()},
+        masks=torch.cat(masks),
     )
 
 
