@@ -45,7 +45,7 @@ from course_utils.data import (
     eval_transform,
     normalise_steps,
 )
-from course_utils.evaluate import bootstrap_ci, paired_difference
+from course_utils.evaluate import Predictions, bootstrap_ci, paired_difference
 
 MODES: tuple[str, ...] = ("crop", "shorter_side")
 STAGE_NAMES: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -158,18 +158,18 @@ def run_transformed(
 
 def result_row(out: Outputs) -> dict[str, object]:
     """Accuracy, 95 % interval, mean confidence, ms per image and per-image results of ``out``."""
-    logits, labels, seconds = out.logits, out.labels, out.seconds
-    correct = (logits.argmax(1) == labels).numpy()
+    predictions = Predictions(out.logits, out.labels)
+    correct = predictions.correct
     low, high = bootstrap_ci(correct)
     return {
-        "n": len(labels),
+        "n": len(correct),
         "accuracy": float(correct.mean()),
         "ci_low": low,
         "ci_high": high,
-        "mean_confidence": float(logits.softmax(1).max(1).values.mean()),
-        "ms_per_image": 1e3 * seconds / len(labels),
+        "mean_confidence": float(predictions.confidence.mean()),
+        "ms_per_image": 1e3 * out.seconds / len(correct),
         "correct": correct,
-        "logits": logits,
+        "logits": out.logits,
     }
 
 
