@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from course_utils.evaluate import Predictions, split_batch
+from course_utils.models import RESIDUAL_STAGES
 
 STAGES: tuple[str, ...] = ("layer2", "layer3", "layer4")
 BY_HAND = "Grad-CAM (by hand)"
@@ -40,8 +41,8 @@ def target_layer(model: nn.Module, stage: str = "layer4") -> nn.Module:
     Its output is the stage's final feature map: 1/8 of the input size for ``layer2``, 1/16 for
     ``layer3``, 1/32 for ``layer4``.
     """
-    if stage not in STAGES + ("layer1",):
-        raise ValueError(f"Unknown stage {stage!r}; choose one of layer1, {', '.join(STAGES)}.")
+    if stage not in RESIDUAL_STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; choose one of {', '.join(RESIDUAL_STAGES)}.")
     return getattr(model, stage)[-1]
 
 

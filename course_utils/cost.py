@@ -40,6 +40,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from course_utils.models import RESIDUAL_STAGES
+
 __all__ = [
     "STAGES",
     "ReceptiveField",
@@ -60,8 +62,8 @@ __all__ = [
 ]
 
 # A ResNet in stages: everything before layer1 is the stem, everything after layer4 the head.
-STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
-_BODY_STAGES = STAGES[1:-1]
+STAGES: tuple[str, ...] = ("stem", *RESIDUAL_STAGES, "head")
+_BODY_STAGES = RESIDUAL_STAGES
 
 
 def _hw(input_size: tuple[int, int] | int) -> tuple[int, int]:

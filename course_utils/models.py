@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ARCHITECTURES",
+    "RESIDUAL_STAGES",
     "STAGE_BLOCKS",
     "BasicBlock",
     "Bottleneck",
@@ -30,6 +31,8 @@ __all__ = [
     "resnet101",
 ]
 
+# The four stages of residual blocks, as ResNet's attributes: model.layer1 ... model.layer4.
+RESIDUAL_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 # Residual blocks in each of the four stages (layer1..layer4), from He et al. 2015, Table 1.
 STAGE_BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),

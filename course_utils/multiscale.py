@@ -46,9 +46,10 @@ from course_utils.data import (
     normalise_steps,
 )
 from course_utils.evaluate import Predictions, bootstrap_ci, paired_difference
+from course_utils.models import RESIDUAL_STAGES
 
 MODES: tuple[str, ...] = ("crop", "shorter_side")
-STAGE_NAMES: tuple[str, ...] = ("maxpool", "layer1", "layer2", "layer3", "layer4")
+STAGE_NAMES: tuple[str, ...] = ("maxpool", *RESIDUAL_STAGES)  # maxpool: the end of the stem
 CHUNK_IMAGES = 512  # images resized at a time (at least one batch): bounds the memory used
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
