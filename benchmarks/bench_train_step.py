@@ -19,7 +19,7 @@ import torch
 import torchvision
 from torch import nn
 
-from course_utils import config, cost, models
+from course_utils import config, models, timing
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,7 +73,7 @@ def bench(arch: str, args: argparse.Namespace, device: torch.device) -> None:
     for name, model in networks.items():
         model.to(device, memory_format=memory_format).train()
         steps[name] = make_train_step(model, images, labels, args.amp)
-    times = cost.time_interleaved(steps, device, warmup=args.warmup, repeats=args.repeats)
+    times = timing.time_interleaved(steps, device, warmup=args.warmup, repeats=args.repeats)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n{arch}: batch {args.batch_size} x {args.image_size} px, median of {args.repeats}")

@@ -7,9 +7,10 @@ Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) explains a cl
 - heatmap ``L = ReLU(sum_k alpha_k A_k)``, ``h x w``, rescaled to [0, 1] per image, upsampled
   (bilinear) to the input's ``H x W`` and rescaled again, as the grad-cam package does.
 
-:func:`grad_cams` computes it with a forward hook (activations) and a tensor hook (gradients), and
-for several target layers in one pass. Its backward pass stops at the target layers
-(``backward(inputs=...)``): no weight gradients, so a Grad-CAM costs about one forward pass.
+:func:`grad_cams` records the target layers' outputs with :func:`course_utils.hooks.capture_outputs`
+and differentiates the class score with respect to them (``torch.autograd.grad``), for several
+target layers in one pass. The backward pass stops at the target layers: no weight gradients,
+so a Grad-CAM costs about one forward pass.
 :func:`package_cam` calls the grad-cam package (``pip install grad-cam``) for GradCAM,
 GradCAM++ and the gradient-free EigenCAM, always with explicit target layers and in the
 package's context-manager form, so that its hooks are released. Scores live in
@@ -28,9 +29,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from course_utils.evaluate import Predictions, split_batch
-from course_utils.models import RESIDUAL_STAGES
+from course_utils.hooks import capture_outputs
+from course_utils.models import RESIDUAL_STAGES, eval_mode
 
-STAGES: tuple[str, ...] = ("layer2", "layer3", "layer4")
+# The stages the course explains with Grad-CAM (1/8, 1/16 and 1/32 of the input); not layer1.
+CAM_STAGES: tuple[str, ...] = RESIDUAL_STAGES[1:]
 BY_HAND = "Grad-CAM (by hand)"
 PACKAGE_METHODS: tuple[str, ...] = ("GradCAM", "GradCAM++", "EigenCAM")
 
@@ -95,39 +98,22 @@ def grad_cams(
 ) -> GradCamOutput:
     """Grad-CAM of ``classes`` (default: the predicted class) at every layer of ``target_layers``.
 
-    One forward pass records each target layer's output with a forward hook and attaches a tensor
-    hook that records its gradient; one backward pass from the summed target scores (images do
-    not interact in eval mode) fills the gradients. Hooks are removed before returning, also on
-    errors; the model's train/eval mode is restored. ``images`` go to the model's device.
+    One forward pass records each target layer's output; one backward pass from the summed
+    target scores (images do not interact in eval mode) gives the gradients with respect to those
+    outputs only. Hooks are removed before returning, also on errors; the model's train/eval mode
+    is restored. ``images`` go to the model's device.
     """
-    activations: dict[nn.Module, Tensor] = {}
-    gradients: dict[nn.Module, Tensor] = {}
-
-    def save_activation(module: nn.Module, inputs: object, output: Tensor) -> None:
-        activations[module] = output
-
-        def save_gradient(grad: Tensor) -> None:
-            gradients[module] = grad
-
-        output.register_hook(save_gradient)
-
     device = next(model.parameters()).device
-    was_training = model.training
-    handles = [layer.register_forward_hook(save_activation) for layer in target_layers]
-    try:
-        model.eval()
-        with torch.enable_grad():
-            logits = model(images.to(device))
-            targets = _as_classes(classes, logits)
-            score = logits.gather(1, targets[:, None]).sum()
-            score.backward(inputs=[activations[layer] for layer in target_layers])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    layers = {str(i): layer for i, layer in enumerate(target_layers)}
+    with eval_mode(model), capture_outputs(layers, detach=False) as outputs, torch.enable_grad():
+        logits = model(images.to(device))
+        targets = _as_classes(classes, logits)
+        score = logits.gather(1, targets[:, None]).sum()
+        activations = [outputs[key] for key in layers]
+        gradients = torch.autograd.grad(score, activations)
     cams = []
-    for layer in target_layers:
-        acts, grads = activations[layer].detach(), gradients[layer]
+    for acts, grads in zip(activations, gradients, strict=True):
+        acts = acts.detach()
         weights = grads.mean(dim=(2, 3), keepdim=True)  # alpha_k: (N, K, 1, 1)
         heat = F.relu((weights * acts).sum(dim=1))  # (N, h, w)
         cams.append(to_input_size(heat, tuple(images.shape[-2:])).float().cpu())
@@ -222,34 +208,15 @@ def cams_for_dataset(
     )
 
 
-def hooks_left(model: nn.Module) -> dict[str, int]:
-    """Forward and backward hooks still registered on any module of ``model`` (name -> count)."""
-    counts = {}
-    for name, module in model.named_modules():
-        count = sum(
-            len(getattr(module, attr, {}))
-            for attr in (
-                "_forward_hooks",
-                "_forward_pre_hooks",
-                "_backward_hooks",
-                "_backward_pre_hooks",
-            )
-        )
-        if count:
-            counts[name or "(model)"] = count
-    return counts
-
-
 __all__ = [
     "BY_HAND",
+    "CAM_STAGES",
     "PACKAGE_METHODS",
-    "STAGES",
     "CamRun",
     "GradCamOutput",
     "cams_for_dataset",
     "grad_cam",
     "grad_cams",
-    "hooks_left",
     "normalize_cams",
     "package_cam",
     "target_layer",

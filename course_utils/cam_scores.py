@@ -2,8 +2,8 @@
 
 Every function takes ``(N, H, W)`` maps (any non-negative scale; :mod:`course_utils.cam` gives
 [0, 1]) and returns one score per image as a numpy array, so that
-:func:`course_utils.evaluate.bootstrap_ci` gives an interval for its mean and a paired
-bootstrap compares two networks on the same images.
+:func:`course_utils.evaluate.bootstrap_ci` gives an interval for its mean and
+:func:`course_utils.evaluate.paired_difference` compares two networks on the same images.
 
 - Localisation against a 0/1 pet mask ``M``: the energy-based pointing game
   ``sum(L * M) / sum(L)`` (Wang et al. 2020, Score-CAM, https://arxiv.org/abs/1910.01279) and
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from course_utils import evaluate
 from course_utils.cam import normalize_cams, to_input_size
-from course_utils.plots import NETWORK_LABELS
+from course_utils.evaluate import bootstrap_ci, format_interval, paired_difference
+from course_utils.models import ARCHITECTURES, eval_mode
 
 
 def _check(cams: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -118,9 +118,7 @@ def confidence_change(
     device = next(model.parameters()).device
     maps = dict(cams) if isinstance(cams, Mapping) else {"": cams}
     classes = torch.as_tensor([int(c) for c in classes], dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         before = torch.cat(
             [
                 model(images[i : i + batch_size].to(device)).softmax(dim=1).cpu()
@@ -145,8 +143,6 @@ def confidence_change(
                 )
                 after.append(np.asarray(part, dtype=np.float64).reshape(-1))
             changes[name] = np.concatenate(after) - before
-    finally:
-        model.train(was_training)
     return changes if isinstance(cams, Mapping) else changes[""]
 
 
@@ -202,20 +198,12 @@ def rank_correlation(cams_a: Tensor, cams_b: Tensor) -> np.ndarray:
 def format_mean_ci(values: np.ndarray, digits: int = 2, seed: int = 0) -> str:
     """``"0.62 (0.58 to 0.66)"``: the mean of per-image scores with its 95 % bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
-    low, high = evaluate.bootstrap_ci(values, seed=seed)
-    return f"{values.mean():.{digits}f} ({low:.{digits}f} to {high:.{digits}f})"
+    return format_interval(values.mean(), *bootstrap_ci(values, seed=seed), digits=digits)
 
 
-def paired_difference(
-    scores_a: np.ndarray, scores_b: np.ndarray, seed: int = 0
-) -> tuple[float, float, float, str]:
-    """``b - a`` on the same images: mean, 95 % paired-bootstrap interval, and a verdict string.
-
-    The verdict is ``"tie"`` when the interval contains 0, else which of the two scores higher.
-    """
-    diff = evaluate.paired_difference(scores_b, scores_a, seed=seed)
-    verdict = {"A better": "b higher", "B better": "a higher"}.get(diff["verdict"], "tie")
-    return diff["difference"], diff["ci_low"], diff["ci_high"], verdict
+def _label(arch: str) -> str:
+    """``"ResNet-50"`` for ``"resnet50"``; any other name as it is."""
+    return ARCHITECTURES[arch].label if arch in ARCHITECTURES else arch
 
 
 def compare_row(
@@ -226,18 +214,19 @@ def compare_row(
     """One table row: each network's mean score (95 % CI), their paired difference, baselines.
 
     ``scores`` maps two architectures (e.g. ``resnet50``, ``resnet101``) to per-image scores on
-    the same images; ``baselines`` maps a baseline's name to its per-image scores there.
+    the same images; ``baselines`` maps a baseline's name to its per-image scores there. The
+    difference is the *second* network minus the first, in a column named so (e.g.
+    ``"ResNet-101 - ResNet-50"``), followed by its verdict: ``"+0.20 (+0.19 to +0.21): ResNet-101
+    higher"``, or ``...: no detectable difference`` when the interval contains 0.
     """
     (arch_a, a), (arch_b, b) = scores.items()
-    label_a, label_b = NETWORK_LABELS.get(arch_a, arch_a), NETWORK_LABELS.get(arch_b, arch_b)
+    label_a, label_b = _label(arch_a), _label(arch_b)
     row = {label_a: format_mean_ci(a, digits), label_b: format_mean_ci(b, digits)}
-    mean, low, high, verdict = paired_difference(a, b)
-    verdict = {"tie": "tie", "a higher": f"{label_a} higher", "b higher": f"{label_b} higher"}[
-        verdict
-    ]
-    row[f"{label_b} - {label_a}"] = (
-        f"{mean:+.{digits}f} ({low:+.{digits}f} to {high:+.{digits}f}): {verdict}"
+    diff = paired_difference(b, a)
+    interval = format_interval(
+        diff.difference, diff.ci_low, diff.ci_high, digits=digits, signed=True
     )
+    row[f"{label_b} - {label_a}"] = f"{interval}: {diff.describe(label_b, label_a)}"
     for name, values in (baselines or {}).items():
         row[name] = format_mean_ci(values, digits)
     row["images"] = str(len(a))

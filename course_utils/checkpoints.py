@@ -1,16 +1,10 @@
-"""Checkpoints: atomic saving, safe loading (``weights_only=True``) and RNG state for resuming.
+"""Checkpoint files: atomic saving, safe loading (``weights_only=True``) and RNG state.
 
 A course checkpoint is a plain ``dict`` that ``torch.load(..., weights_only=True)`` can read:
 tensors and plain Python values only (dicts, lists, tuples, str, int, float, bool, None), never
-pickled objects. Its keys:
-
-- ``format``: :data:`CHECKPOINT_FORMAT`; ``arch`` and ``num_classes``: what
-  :func:`model_from_checkpoint` builds; ``model``: the ``state_dict``;
-- written by :func:`course_utils.train.fit`: ``kind`` (``"last"`` or ``"best"``), ``epoch``
-  (epochs completed), ``config`` (the ``TrainConfig`` as a dict), ``history`` and
-  ``memory_measure``, ``meta`` (profile, data source, classes...), ``versions``; and in
-  ``last.pt`` only: ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (see
-  :func:`capture_rng_state`).
+pickled objects. This module checks its header: ``format`` (:data:`CHECKPOINT_FORMAT`), ``arch``,
+``num_classes`` and ``model``; what else a training run stores is typed in
+:mod:`course_utils.runs`.
 """
 
 from __future__ import annotations
@@ -27,15 +21,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from torch import nn
 
-from course_utils import models
+from course_utils.errors import CourseError
 
-CHECKPOINT_FORMAT = "course_utils.checkpoint/1"
+# Bumped whenever the contents change; older files get a clear message, never a half-load.
+# 2: "config" became "recipe" (without channels_last), "runtime" added.
+CHECKPOINT_FORMAT = "course_utils.checkpoint/2"
+_FORMAT_PREFIX = "course_utils.checkpoint/"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CourseError):
     """A file that is not a usable course checkpoint, or one for a different model."""
+
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No file at the checkpoint path."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -89,13 +89,14 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a course checkpoint safely (``weights_only=True``) and check what it holds.
 
-    Raises ``FileNotFoundError`` for a missing file, :class:`CheckpointError` for a file that is
-    corrupt, holds pickled Python objects, is not a course checkpoint, or was saved for another
-    architecture or class count than ``expected_arch`` / ``expected_num_classes``.
+    Raises :class:`CheckpointNotFound` for a missing file, :class:`CheckpointError` for a file
+    that is corrupt, holds pickled Python objects, is not a course checkpoint (or one of another
+    format version), or was saved for another architecture or class count than
+    ``expected_arch`` / ``expected_num_classes``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}" + _nearby(path))
+        raise CheckpointNotFound(f"No checkpoint at {path}" + _nearby(path))
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -137,7 +138,15 @@ def _check_contents(
     path: Path, state: object, expected_arch: str | None, expected_num_classes: int | None
 ) -> None:
     """Raise :class:`CheckpointError` unless ``state`` is a course checkpoint of the model asked."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    stored_format = state.get("format") if isinstance(state, dict) else None
+    older = isinstance(stored_format, str) and stored_format.startswith(_FORMAT_PREFIX)
+    if older and stored_format != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written by another version of course_utils (format {stored_format!r}; "
+            f"this version reads {CHECKPOINT_FORMAT!r}). Retrain it: delete or move away its "
+            "run folder, and load_or_train (or the train command) trains it afresh."
+        )
+    if not isinstance(state, dict) or stored_format != CHECKPOINT_FORMAT:
         hint = ""
         if isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values()):
             hint = (
@@ -160,40 +169,6 @@ def _check_contents(
             f"Checkpoint {path} is {arch} with {num_classes} classes; you asked for "
             f"{asked_arch} with {asked_classes} classes."
         )
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain network inside a ``torch.compile`` and/or ``DistributedDataParallel`` wrapper."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DistributedDataParallel / DataParallel
-
-
-def model_from_state(state: dict[str, Any]) -> nn.Module:
-    """Build the architecture a loaded checkpoint names and load its weights (strict)."""
-    model = models.build_model(state["arch"], num_classes=state["num_classes"])
-    model.load_state_dict(state["model"], strict=True)
-    return model
-
-
-def model_from_checkpoint(
-    path: str | Path,
-    *,
-    expected_arch: str | None = None,
-    expected_num_classes: int | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the stored architecture, load its weights and return ``(model, meta)``.
-
-    The model is in eval mode on ``device``. ``meta`` is the checkpoint without its tensors of
-    model and optimiser: ``arch``, ``num_classes``, ``epoch``, ``config``, ``history``, ``meta``...
-    """
-    state = load_checkpoint(
-        path, expected_arch=expected_arch, expected_num_classes=expected_num_classes
-    )
-    model = model_from_state(state)
-    skip = {"model", "optimizer", "scheduler", "scaler", "rng"}
-    meta = {key: value for key, value in state.items() if key not in skip}
-    return model.to(device).eval(), meta
 
 
 def capture_rng_state() -> dict[str, Any]:

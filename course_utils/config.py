@@ -7,9 +7,11 @@ hard-code them.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import random
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ PROFILE_ENV = "COURSE_PROFILE"
 DEVICE_ENV = "COURSE_DEVICE"
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 ARTIFACTS_DIR_ENV = "COURSE_ARTIFACTS_DIR"
+OXFORD_DIR_ENV = "COURSE_OXFORD_DIR"  # a full Oxford-IIIT Pet copy on disk: used, never downloaded
 
 DEFAULT_SEED = 0
 
@@ -147,6 +150,44 @@ def artifacts_dir() -> Path:
     ``$COURSE_ARTIFACTS_DIR`` moves it, e.g. to a mounted Google Drive folder in Colab.
     """
     return Path(os.environ.get(ARTIFACTS_DIR_ENV) or repo_root() / "artifacts")
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the artifacts folder (``artifacts/...``) or the repository when it
+    lies inside one of them, else as given: outputs never show this machine's absolute paths."""
+    path = Path(path)
+    resolved = path.expanduser().resolve()
+    for base, label in ((artifacts_dir(), "artifacts"), (repo_root(), "")):
+        try:
+            relative = resolved.relative_to(base.resolve())
+        except ValueError:
+            continue
+        return str(Path(label) / relative) if label else str(relative)
+    return str(path)
+
+
+class _StdoutHandler(logging.Handler):
+    """Writes each record to the ``sys.stdout`` of the moment (a notebook cell's, a terminal's)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:  # logging must never break the caller
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Show the package's log lines ("loaded ...", "training ...", one line per epoch) on stdout.
+
+    The library reports through :mod:`logging` and prints nothing itself; each notebook's setup
+    code and the command line call this once. Calling it again changes only the level.
+    """
+    logger = logging.getLogger("course_utils")
+    logger.setLevel(level)
+    if not any(isinstance(handler, _StdoutHandler) for handler in logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
 
 
 def environment_report(profile: Profile | None = None) -> dict[str, str]:

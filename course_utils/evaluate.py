@@ -1,18 +1,26 @@
-"""Metrics: predictions over a loader, accuracy with a bootstrap interval, confusion, per group.
+"""Metrics: predictions over a loader, accuracy with its interval, confusion, per group.
 
-Small test sets get confidence intervals (the course's honesty rule): :func:`bootstrap_ci` gives a
-percentile bootstrap interval for the mean of any per-image score. For two networks scored on the
-same images, :func:`paired_difference` gives the paired interval of the difference; when it
-contains 0 the difference is inside the noise: call it a tie.
+Small test sets get confidence intervals (the course's honesty rule):
+
+- :func:`bootstrap_ci`: percentile bootstrap interval for the mean of any per-image score;
+- :func:`wilson_interval`: Wilson score interval of a proportion, sound down to a few images
+  (used by :func:`per_group_accuracy`, where a breed may have two test images);
+- :func:`paired_difference`: two networks (or settings) scored on the same images, *first minus
+  second*, with a paired bootstrap interval. Its :attr:`PairedDifference.verdict` says which side
+  is higher when the interval excludes 0, and "no detectable difference" when it contains 0;
+- :func:`format_interval`: every estimate-with-interval text of the course, in one style.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -20,6 +28,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
+
+from course_utils.models import eval_mode
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ def predict(
     ``device`` defaults to the model's. ``metadata`` (one item per image, e.g.
     ``loader.dataset.records``) is passed through to the result; it must follow the loader's
     order, so a shuffling loader is refused. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs
-    the forward pass in mixed precision; ``channels_last`` feeds NHWC images. The model's
-    train/eval mode is restored afterwards.
+    the forward pass in mixed precision; ``channels_last`` feeds NHWC images. The train/eval mode
+    of every module is restored afterwards.
     """
     if metadata is not None and isinstance(getattr(loader, "sampler", None), RandomSampler):
         raise ValueError("metadata must follow the loader's order: use a loader without shuffle.")
@@ -119,34 +129,20 @@ def predict(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    was_training = model.training
-    model.eval()
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in loader:
             images, targets = split_batch(batch)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             with precision:
                 logits.append(model(images).float().cpu())
             labels.append(torch.as_tensor(targets).long())
-    finally:
-        model.train(was_training)
     if not logits:
         raise ValueError("The loader yielded no batches: nothing to predict.")
     result = Predictions(torch.cat(logits), torch.cat(labels), metadata)
     if metadata is not None and len(metadata) != len(result.labels):
         raise ValueError(f"{len(metadata)} metadata items for {len(result.labels)} images.")
     return result
-
-
-def accuracy(pred: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
-    """Fraction of correct predictions; ``pred`` is class indices ``(N,)`` or scores ``(N, C)``."""
-    pred, labels = np.asarray(pred), np.asarray(labels)
-    if pred.ndim == 2:
-        pred = pred.argmax(axis=1)
-    if pred.shape != labels.shape or pred.size == 0:
-        raise ValueError(f"pred {pred.shape} and labels {labels.shape}: need equal, non-empty.")
-    return float((pred == labels).mean())
 
 
 def bootstrap_ci(
@@ -176,28 +172,114 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def paired_difference(
-    scores_a: np.ndarray, scores_b: np.ndarray, seed: int = 0
-) -> dict[str, object]:
-    """Mean of A minus B on the same images (0/1 correctness or any scores), with a paired 95 %
-    bootstrap interval.
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``successes / n`` (e.g. correct images of a breed).
 
-    ``verdict`` is ``"tie"`` when the interval contains 0, else ``"A better"`` / ``"B better"``.
+    Unlike a bootstrap, it is not zero-width when every one of a few images is right (or wrong):
+    at 95 %, ``0 / 2`` gives ``(0, 0.66)`` and ``5 / 10`` gives ``(0.24, 0.76)``. ``n`` must be at
+    least 1: no images, no proportion.
     """
-    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    if n < 1:
+        raise ValueError(f"wilson_interval needs at least one trial, got n={n}.")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in [0, n={n}], got {successes}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}.")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+class Verdict(str, enum.Enum):
+    """Which side of a paired difference (first minus second) is higher, beyond the noise."""
+
+    FIRST_HIGHER = "first higher"
+    SECOND_HIGHER = "second higher"
+    NO_DETECTABLE_DIFFERENCE = "no detectable difference"
+
+    def describe(self, first: str, second: str) -> str:
+        """The verdict in the caller's words: ``"ResNet-101 higher"`` or "no detectable
+        difference"."""
+        if self is Verdict.FIRST_HIGHER:
+            return f"{first} higher"
+        if self is Verdict.SECOND_HIGHER:
+            return f"{second} higher"
+        return self.value
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of *first minus second* over the same ``n`` images, with its paired interval."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n: int
+
+    @property
+    def verdict(self) -> Verdict:
+        """The side that is higher when the interval excludes 0, else no detectable difference."""
+        if self.ci_low > 0:
+            return Verdict.FIRST_HIGHER
+        if self.ci_high < 0:
+            return Verdict.SECOND_HIGHER
+        return Verdict.NO_DETECTABLE_DIFFERENCE
+
+    def describe(self, first: str, second: str) -> str:
+        """:meth:`Verdict.describe` of :attr:`verdict`: ``"ResNet-101 higher"``, ..."""
+        return self.verdict.describe(first, second)
+
+
+def paired_difference(
+    first: np.ndarray, second: np.ndarray, *, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """``first - second`` per image (0/1 correctness or any scores), averaged over the images,
+    with a paired bootstrap interval (:func:`bootstrap_ci` of the per-image differences).
+
+    A positive ``difference`` means ``first`` scores higher. Both arrays must list the same
+    images in the same order.
+    """
+    a, b = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
-    low, high = bootstrap_ci(a - b, seed=seed)
-    verdict = "tie" if low <= 0 <= high else ("A better" if low > 0 else "B better")
-    return {"difference": float((a - b).mean()), "ci_low": low, "ci_high": high, "verdict": verdict}
+    low, high = bootstrap_ci(a - b, seed=seed, level=level)
+    return PairedDifference(float((a - b).mean()), low, high, level, a.size)
+
+
+def format_interval(
+    estimate: float,
+    low: float,
+    high: float,
+    *,
+    digits: int = 2,
+    percent: bool = False,
+    signed: bool = False,
+    level: float | None = None,
+    n: int | None = None,
+) -> str:
+    """An estimate with its interval, in the course's one style: ``"0.62 (0.58 to 0.66)"``.
+
+    ``percent`` writes fractions as percentages (``"81.5% (76.4% to 86.6%)"`` at ``digits=1``),
+    ``signed`` puts a ``+`` on positive values (for differences), ``level`` names the interval
+    (``"(95% CI 0.58 to 0.66)"``) and ``n`` appends the number of images (``", n=216)"``).
+    """
+    spec = f"{'+' if signed else ''}.{digits}{'%' if percent else 'f'}"
+    label = "" if level is None else f"{level:.0%} CI "
+    count = "" if n is None else f", n={n}"
+    return f"{estimate:{spec}} ({label}{low:{spec}} to {high:{spec}}{count})"
 
 
 def format_accuracy(correct: np.ndarray, level: float = 0.95, seed: int = 0) -> str:
-    """``"81.5% (95% CI 76.4-86.6%, n=216)"``: accuracy with its bootstrap interval."""
+    """``"81.5% (95% CI 76.4% to 86.6%, n=216)"``: accuracy with its bootstrap interval."""
     values = np.asarray(correct, dtype=np.float64)
     low, high = bootstrap_ci(values, seed=seed, level=level)
-    return (
-        f"{values.mean():.1%} ({level:.0%} CI {low * 100:.1f}-{high * 100:.1f}%, n={values.size})"
+    return format_interval(
+        values.mean(), low, high, digits=1, percent=True, level=level, n=values.size
     )
 
 
@@ -223,21 +305,23 @@ def per_group_accuracy(
     groups: Sequence[str | None],
     *,
     level: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
-    """Accuracy per group (e.g. per breed) with its bootstrap interval, worst group first.
+    """Accuracy per group (e.g. per breed) with its Wilson interval, worst group first.
 
     Columns: ``group``, ``n``, ``accuracy``, ``ci_low``, ``ci_high``. Groups of a few images have
-    wide intervals: read them before ranking breeds. ``None`` groups are labelled ``"(unknown)"``.
+    wide intervals (:func:`wilson_interval`): read them before ranking breeds. ``correct`` is 0/1
+    per image; ``None`` groups are labelled ``"(unknown)"``.
     """
     correct = np.asarray(correct, dtype=np.float64).ravel()
+    if not np.isin(correct, (0, 1)).all():
+        raise ValueError("per_group_accuracy needs 0/1 (or bool) results per image.")
     keys = np.array(["(unknown)" if g is None else str(g) for g in groups], dtype=object)
     if keys.shape != correct.shape:
         raise ValueError(f"{correct.size} results but {keys.size} group names.")
     rows = []
     for group in sorted(set(keys)):
         values = correct[keys == group]
-        low, high = bootstrap_ci(values, seed=seed, level=level)
+        low, high = wilson_interval(int(values.sum()), values.size, level)
         rows.append(
             {
                 "group": group,

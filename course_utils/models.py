@@ -8,38 +8,47 @@ Every parameter and buffer has torchvision's name, so a torchvision ``state_dict
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
+from course_utils.errors import CourseError
+
 __all__ = [
     "ARCHITECTURES",
+    "FEATURE_MAP_MODULES",
     "RESIDUAL_STAGES",
-    "STAGE_BLOCKS",
+    "STAGES",
+    "ArchSpec",
     "BasicBlock",
     "Bottleneck",
     "PretrainedWeightsUnavailable",
     "ResNet",
     "build_model",
     "count_parameters",
+    "eval_mode",
     "replace_head",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet101",
+    "unwrap_model",
 ]
 
-# The four stages of residual blocks, as ResNet's attributes: model.layer1 ... model.layer4.
-RESIDUAL_STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
-# Residual blocks in each of the four stages (layer1..layer4), from He et al. 2015, Table 1.
-STAGE_BLOCKS: dict[str, tuple[int, int, int, int]] = {
-    "resnet18": (2, 2, 2, 2),
-    "resnet34": (3, 4, 6, 3),
-    "resnet50": (3, 4, 6, 3),
-    "resnet101": (3, 4, 23, 3),
-}
+# A ResNet in stages, in the order ``forward`` runs them: the stem (conv1, bn1, relu, maxpool),
+# four stages of residual blocks (the attributes model.layer1 ... model.layer4), the head
+# (avgpool, fc).
+STAGES: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+RESIDUAL_STAGES: tuple[str, ...] = STAGES[1:-1]
+# The modules whose outputs are the feature maps that end each stage but the head
+# (maxpool ends the stem).
+FEATURE_MAP_MODULES: tuple[str, ...] = ("maxpool", *RESIDUAL_STAGES)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
@@ -173,40 +182,76 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(CourseError):
     """torchvision's ImageNet weights could not be downloaded (offline, blocked, corrupt file)."""
 
 
-_BLOCK_TYPES: dict[str, type[BasicBlock | Bottleneck]] = {
-    "resnet18": BasicBlock,
-    "resnet34": BasicBlock,
-    "resnet50": Bottleneck,
-    "resnet101": Bottleneck,
+@dataclass(frozen=True)
+class ArchSpec:
+    """One network of the course: its shape, its ImageNet weights and how figures draw it."""
+
+    name: str  # e.g. "resnet50", as torchvision.models names it
+    stage_blocks: tuple[int, int, int, int]  # blocks in layer1..layer4 (He et al. 2015, Table 1)
+    block: type[BasicBlock | Bottleneck]
+    weights: torchvision.models.WeightsEnum  # what pretrained="imagenet" loads
+    label: str  # e.g. "ResNet-50", in tables and legends
+    color: str  # the same colour for the same network in every figure
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec(
+            "resnet18",
+            (2, 2, 2, 2),
+            BasicBlock,
+            torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+            "ResNet-18",
+            "#7f7f7f",  # grey
+        ),
+        ArchSpec(
+            "resnet34",
+            (3, 4, 6, 3),
+            BasicBlock,
+            torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+            "ResNet-34",
+            "#9467bd",  # purple
+        ),
+        ArchSpec(
+            "resnet50",
+            (3, 4, 6, 3),
+            Bottleneck,
+            torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+            "ResNet-50",
+            "#1f77b4",  # blue
+        ),
+        ArchSpec(
+            "resnet101",
+            (3, 4, 23, 3),
+            Bottleneck,
+            torchvision.models.ResNet101_Weights.IMAGENET1K_V2,
+            "ResNet-101",
+            "#d62728",  # red
+        ),
+    )
 }
 
-_IMAGENET_WEIGHTS: dict[str, torchvision.models.WeightsEnum] = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
-    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V2,
-}
 
-
-def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
-    """torchvision's ImageNet weights for ``arch`` (downloaded once, then cached by torch.hub)."""
-    weights = _IMAGENET_WEIGHTS[arch]
+def _imagenet_state_dict(spec: ArchSpec) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights for ``spec`` (downloaded once, then cached by torch.hub)."""
+    weights = spec.weights
     try:
         return weights.get_state_dict(progress=True)
-    except (OSError, RuntimeError) as error:  # URLError and socket errors are OSErrors
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # URLError: OSError
         checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
         filename = os.path.basename(weights.url)
         damaged = (  # a hash mismatch, or a truncated file already in the cache
             "\n(If a copy of that file is already in that folder, it is damaged: delete it.)"
-            if isinstance(error, RuntimeError)
+            if not isinstance(error, OSError)
             else ""
         )
         raise PretrainedWeightsUnavailable(
-            f"Could not get the ImageNet weights for {arch} ({weights}) from {weights.url}: "
+            f"Could not get the ImageNet weights for {spec.name} ({weights}) from {weights.url}: "
             f"{type(error).__name__}: {error}\n"
             "This machine seems to be offline, or the download is blocked.\n"
             "Either train from scratch (pretrained=None), which works offline, or download "
@@ -216,83 +261,62 @@ def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
 
 
 def _resnet(
-    arch: str, *, num_classes: int, zero_init_residual: bool, pretrained: str | None
+    spec: ArchSpec, *, num_classes: int, zero_init_residual: bool, pretrained: str | None
 ) -> ResNet:
-    """Build ``arch``; with ``pretrained="imagenet"`` load ImageNet weights, then fit the head."""
+    """Build ``spec``; with ``pretrained="imagenet"`` load ImageNet weights, then fit the head."""
     if pretrained not in (None, "imagenet"):
         raise ValueError(f"pretrained must be None or 'imagenet', got {pretrained!r}")
-    block, layers = _BLOCK_TYPES[arch], STAGE_BLOCKS[arch]
     if pretrained is None:
-        return ResNet(block, layers, num_classes, zero_init_residual)
-    model = ResNet(block, layers, 1000, zero_init_residual)
-    model.load_state_dict(_imagenet_state_dict(arch), strict=True)
+        return ResNet(spec.block, spec.stage_blocks, num_classes, zero_init_residual)
+    model = ResNet(spec.block, spec.stage_blocks, 1000, zero_init_residual)
+    model.load_state_dict(_imagenet_state_dict(spec), strict=True)
     return model if num_classes == 1000 else replace_head(model, num_classes)
 
 
-def resnet18(
-    *, num_classes: int = 1000, zero_init_residual: bool = False, pretrained: str | None = None
+def resnet18(**kwargs: Any) -> ResNet:
+    """ResNet-18: basic blocks, 2-2-2-2 (see :func:`build_model` for the keywords)."""
+    return build_model("resnet18", **kwargs)
+
+
+def resnet34(**kwargs: Any) -> ResNet:
+    """ResNet-34: basic blocks, 3-4-6-3 (see :func:`build_model` for the keywords)."""
+    return build_model("resnet34", **kwargs)
+
+
+def resnet50(**kwargs: Any) -> ResNet:
+    """ResNet-50: bottlenecks, 3-4-6-3 (see :func:`build_model` for the keywords)."""
+    return build_model("resnet50", **kwargs)
+
+
+def resnet101(**kwargs: Any) -> ResNet:
+    """ResNet-101: bottlenecks, 3-4-23-3 (see :func:`build_model` for the keywords)."""
+    return build_model("resnet101", **kwargs)
+
+
+def build_model(
+    arch: str,
+    *,
+    num_classes: int = 1000,
+    zero_init_residual: bool = False,
+    pretrained: str | None = None,
 ) -> ResNet:
-    """ResNet-18: basic blocks, 2-2-2-2. ``pretrained="imagenet"``: torchvision IMAGENET1K_V1."""
-    return _resnet(
-        "resnet18",
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-    )
+    """Build a network by name, e.g. ``build_model("resnet101", num_classes=2)``.
 
-
-def resnet34(
-    *, num_classes: int = 1000, zero_init_residual: bool = False, pretrained: str | None = None
-) -> ResNet:
-    """ResNet-34: basic blocks, 3-4-6-3. ``pretrained="imagenet"``: torchvision IMAGENET1K_V1."""
-    return _resnet(
-        "resnet34",
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-    )
-
-
-def resnet50(
-    *, num_classes: int = 1000, zero_init_residual: bool = False, pretrained: str | None = None
-) -> ResNet:
-    """ResNet-50: bottlenecks, 3-4-6-3. ``pretrained="imagenet"``: torchvision IMAGENET1K_V2."""
-    return _resnet(
-        "resnet50",
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-    )
-
-
-def resnet101(
-    *, num_classes: int = 1000, zero_init_residual: bool = False, pretrained: str | None = None
-) -> ResNet:
-    """ResNet-101: bottlenecks, 3-4-23-3. ``pretrained="imagenet"``: torchvision IMAGENET1K_V2."""
-    return _resnet(
-        "resnet101",
-        num_classes=num_classes,
-        zero_init_residual=zero_init_residual,
-        pretrained=pretrained,
-    )
-
-
-ARCHITECTURES: dict[str, Callable[..., ResNet]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-}
-
-
-def build_model(arch: str, **kwargs: object) -> ResNet:
-    """Build a network by name, e.g. ``build_model("resnet101", num_classes=2)``."""
+    ``zero_init_residual`` starts the last BatchNorm of every block at 0 (each block starts as
+    the identity); ``pretrained="imagenet"`` loads the table's torchvision weights, then fits a
+    ``num_classes`` head.
+    """
     try:
-        builder = ARCHITECTURES[arch]
+        spec = ARCHITECTURES[arch]
     except KeyError:
         valid = ", ".join(ARCHITECTURES)
         raise ValueError(f"Unknown architecture {arch!r}. Valid names: {valid}") from None
-    return builder(**kwargs)
+    return _resnet(
+        spec,
+        num_classes=num_classes,
+        zero_init_residual=zero_init_residual,
+        pretrained=pretrained,
+    )
 
 
 def replace_head(model: ResNet, num_classes: int) -> ResNet:
@@ -307,3 +331,25 @@ def replace_head(model: ResNet, num_classes: int) -> ResNet:
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters in ``model``; with ``trainable_only``, those with ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain network inside a ``torch.compile`` and/or ``DistributedDataParallel`` wrapper."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DistributedDataParallel / DataParallel
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block, then restore the train/eval mode of every module.
+
+    Restores each submodule's own flag, so a model whose BatchNorm layers were frozen in eval
+    mode inside a training model comes back exactly as it was.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training

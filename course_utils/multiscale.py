@@ -17,15 +17,14 @@ measures what that does to accuracy:
   Batching never pads (zeros would enter the average pool): images are grouped by their exact
   resized shape and each group is cut into batches, so every result equals the per-image one.
 - :func:`compare_frames`: per size, :func:`course_utils.evaluate.paired_difference` (accuracy
-  differences on the same images, with a paired bootstrap interval; an interval that contains 0
-  is a tie). ``multiscale.paired_difference`` is the same function.
+  of the first frame minus the second on the same images, with a paired bootstrap interval; an
+  interval that contains 0 means no detectable difference).
 
 Test-time augmentation and low-resolution robustness are in :mod:`course_utils.multiscale_tta`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -43,13 +42,12 @@ from course_utils.data import (
     PetDataset,
     PetRecord,
     eval_transform,
-    normalise_steps,
+    normalize_steps,
 )
 from course_utils.evaluate import Predictions, bootstrap_ci, paired_difference
-from course_utils.models import RESIDUAL_STAGES
+from course_utils.models import eval_mode
 
 MODES: tuple[str, ...] = ("crop", "shorter_side")
-STAGE_NAMES: tuple[str, ...] = ("maxpool", *RESIDUAL_STAGES)  # maxpool: the end of the stem
 CHUNK_IMAGES = 512  # images resized at a time (at least one batch): bounds the memory used
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -89,7 +87,7 @@ def size_transform(size: int, mode: str = "crop") -> Transform:
     if mode == "crop":
         return eval_transform(size)
     if mode == "shorter_side":
-        return v2.Compose([v2.Resize(size, antialias=True), *normalise_steps()])
+        return v2.Compose([v2.Resize(size, antialias=True), *normalize_steps()])
     raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
 
 
@@ -117,7 +115,7 @@ def run_transformed(
     Every image goes through ``transform`` (uint8 -> normalised float); ``flip`` mirrors each
     network input left-right. Images are prepared a chunk at a time (memory stays bounded);
     within a chunk, images of equal input shape share batches and nothing is padded. The model
-    runs in eval mode on its own device; its train/eval mode is restored afterwards.
+    runs in eval mode on its own device; every module's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -126,9 +124,7 @@ def run_transformed(
     device = next(model.parameters()).device
     logits, labels, pixels, seconds = [], [], [], 0.0
     chunk = max(batch_size, CHUNK_IMAGES)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for first in range(0, len(images), chunk):
             items = [images[i] for i in range(first, min(first + chunk, len(images)))]
             inputs = [transform(image).as_subclass(torch.Tensor) for image, _ in items]
@@ -147,8 +143,6 @@ def run_transformed(
             logits += out
             labels += [label for _, label in items]
             pixels += [x.shape[-2] * x.shape[-1] for x in inputs]
-    finally:
-        model.train(was_training)
     return Outputs(
         torch.stack(logits),
         torch.as_tensor(labels, dtype=torch.long),
@@ -201,33 +195,30 @@ def evaluate_at_scales(
     return pd.DataFrame(rows)
 
 
-def compare_frames(frame_a: pd.DataFrame, frame_b: pd.DataFrame) -> pd.DataFrame:
-    """Per size, :func:`paired_difference` of two :func:`evaluate_at_scales` results (A - B)."""
-    b_by_size = frame_b.set_index("size")
-    rows = [
-        {"size": row.size, **paired_difference(row.correct, b_by_size.loc[row.size, "correct"])}
-        for row in frame_a.itertuples()
-        if row.size in b_by_size.index
-    ]
-    return pd.DataFrame(rows)
+def compare_frames(
+    first: pd.DataFrame, second: pd.DataFrame, labels: tuple[str, str] = ("first", "second")
+) -> pd.DataFrame:
+    """Per size present in both, accuracy of ``first`` minus ``second`` (two
+    :func:`evaluate_at_scales` results on the same images), by :func:`paired_difference`.
 
-
-@contextlib.contextmanager
-def capture_stages(model: nn.Module, names: Sequence[str] = STAGE_NAMES) -> Iterator[dict]:
-    """Inside the ``with`` block, every forward pass stores each named child's output in the
-    yielded dict (``maxpool``: end of the stem; ``layer1``..``layer4``); hooks are removed on
-    exit, even after an error."""
-    outputs: dict[str, torch.Tensor] = {}
-    handles = []
-    try:
-        for name in names:
-            module = getattr(model, name)
-            handles.append(
-                module.register_forward_hook(
-                    lambda _m, _i, out, name=name: outputs.__setitem__(name, out.detach())
-                )
-            )
-        yield outputs
-    finally:
-        for handle in handles:
-            handle.remove()
+    Columns: ``size``, ``n``, ``difference`` (positive: ``first`` is more accurate),
+    ``ci_low``/``ci_high`` (95 % paired bootstrap) and ``verdict`` worded with ``labels``
+    (``"ResNet-101 higher"``, ``"ResNet-50 higher"`` or ``"no detectable difference"``).
+    """
+    second_by_size = second.set_index("size")
+    rows = []
+    for row in first.itertuples():
+        if row.size not in second_by_size.index:
+            continue
+        diff = paired_difference(row.correct, second_by_size.loc[row.size, "correct"])
+        rows.append(
+            {
+                "size": row.size,
+                "n": diff.n,
+                "difference": diff.difference,
+                "ci_low": diff.ci_low,
+                "ci_high": diff.ci_high,
+                "verdict": diff.describe(*labels),
+            }
+        )
+    return pd.DataFrame(rows, columns=["size", "n", "difference", "ci_low", "ci_high", "verdict"])

@@ -4,7 +4,8 @@
   and average. Averaging ``combine="logits"`` takes the mean of the raw scores;
   ``combine="probabilities"`` the mean of the softmax outputs (returned as their logarithm, so a
   softmax of the result gives the averaged probabilities back). Each view is one more forward
-  pass: :func:`compare_tta` reports the gain in accuracy *and* what it costs.
+  pass: :func:`compare_tta` reports the gain in accuracy *and* what it costs. Both go through
+  :func:`tta_predict`; a shared ``views`` dict computes each view once for several of its calls.
 - Low resolution: :func:`lowres_transform` takes the standard ``eval_size`` centre crop, shrinks
   it to ``s x s`` and enlarges it back to ``eval_size`` (what a low-quality photo looks like: the
   network sees its usual input size, but only ``s x s`` pixels of information).
@@ -23,18 +24,19 @@ from torch import nn
 from torchvision.transforms import v2
 
 from course_utils.cost import count_macs
-from course_utils.data import PetDataset, PetRecord, centre_crop_steps, normalise_steps
+from course_utils.data import PetDataset, PetRecord, centre_crop_steps, normalize_steps
+from course_utils.evaluate import paired_difference
 from course_utils.multiscale import (
     Outputs,
     Transform,
     decode_once,
-    paired_difference,
     result_row,
     run_transformed,
     size_transform,
 )
 
 COMBINE: tuple[str, ...] = ("logits", "probabilities")
+ViewCache = dict[tuple[int, bool, str, int], Outputs]  # (size, mirrored, mode, batch size)
 
 
 def combine_views(views: Sequence[torch.Tensor], combine: str = "logits") -> torch.Tensor:
@@ -58,30 +60,31 @@ def tta_predict(
     combine: str = "logits",
     mode: str = "crop",
     batch_size: int = 32,
+    views: ViewCache | None = None,
 ) -> Outputs:
     """Multi-scale TTA: combined logits over ``sizes`` (and their mirror images with ``flip``).
 
     ``seconds`` is the total forward time of all views: the cost of TTA per image is
-    ``seconds / N``. With one size and ``flip=False`` this is plain single-scale evaluation.
+    ``seconds / N``; ``pixels`` is the total over the views. With one size and ``flip=False``
+    this is plain single-scale evaluation. ``views`` is a cache of the views' outputs, filled
+    here: share one dict between calls on the same model and images (only) to run each view once.
     """
     images = decode_once(records_or_dataset)
-    views = [
-        run_transformed(
-            model, images, size_transform(int(size), mode), batch_size=batch_size, flip=mirrored
-        )
-        for size in sizes
-        for mirrored in ((False, True) if flip else (False,))
-    ]
-    return _combined(views, combine)
-
-
-def _combined(views: Sequence[Outputs], combine: str) -> Outputs:
-    """One :class:`Outputs` for several views: combined logits, summed time and pixels."""
+    views = {} if views is None else views
+    outputs = []
+    for size in map(int, sizes):
+        for mirrored in (False, True) if flip else (False,):
+            key = (size, mirrored, mode, batch_size)
+            if key not in views:
+                views[key] = run_transformed(
+                    model, images, size_transform(size, mode), batch_size=batch_size, flip=mirrored
+                )
+            outputs.append(views[key])
     return Outputs(
-        combine_views([view.logits for view in views], combine),
-        views[0].labels,
-        sum(view.seconds for view in views),
-        sum(view.pixels for view in views),
+        combine_views([out.logits for out in outputs], combine),
+        outputs[0].labels,
+        sum(out.seconds for out in outputs),
+        sum(out.pixels for out in outputs),
     )
 
 
@@ -97,59 +100,54 @@ def compare_tta(
 ) -> pd.DataFrame:
     """Single scale (``base_size``) vs + flip vs multi-scale (``sizes``) vs multi-scale + flip.
 
-    Every view is computed once and reused by the rows that need it. Columns: ``method``,
-    ``views`` (forward passes per image), ``accuracy``, ``ci_low``/``ci_high``, ``gain`` over
-    single scale with its paired interval (``gain_low``/``gain_high``) and ``verdict``
-    (``"tie"`` when the interval contains 0), ``gmacs_per_image`` (``mode="crop"`` only),
-    ``ms_per_image`` and ``cost`` (ms relative to single scale), plus ``correct`` per image.
+    Every row is a :func:`tta_predict` call; they share their views, so each is computed once.
+    Columns: ``method``, ``views`` (forward passes per image), ``n``, ``accuracy``,
+    ``ci_low``/``ci_high``, ``gain`` (accuracy minus single scale's) with its paired interval
+    ``gain_low``/``gain_high`` and ``verdict`` (``"TTA higher"``, ``"single scale higher"`` or
+    ``"no detectable difference"``), ``gmacs_per_image`` (``mode="crop"`` only),
+    ``ms_per_image`` and ``cost`` (ms relative to single scale), ``mean_confidence``, and per
+    image ``correct`` and ``logits``.
     """
     images = decode_once(records_or_dataset)
-    needed = dict.fromkeys([int(base_size), *map(int, sizes)])
-    views = {
-        (size, mirrored): run_transformed(
-            model, images, size_transform(size, mode), batch_size=batch_size, flip=mirrored
-        )
-        for size in needed
-        for mirrored in (False, True)
-    }
+    base_size, sizes = int(base_size), [int(s) for s in sizes]
+    views: ViewCache = {}
     methods = {
-        f"single scale ({base_size} px)": [(base_size, False)],
-        "single scale + flip": [(base_size, False), (base_size, True)],
-        f"multi-scale ({', '.join(map(str, sizes))} px)": [(s, False) for s in sizes],
-        "multi-scale + flip": [(s, m) for s in sizes for m in (False, True)],
+        f"single scale ({base_size} px)": ([base_size], False),
+        "single scale + flip": ([base_size], True),
+        f"multi-scale ({', '.join(map(str, sizes))} px)": (sizes, False),
+        "multi-scale + flip": (sizes, True),
     }
-    macs = {size: count_macs(model, size) for size in needed} if mode == "crop" else {}
-    rows, single = [], None
-    for method, keys in methods.items():
-        out = _combined([views[(int(s), m)] for s, m in keys], combine)
-        row = {"method": method, "views": len(keys), **result_row(out)}
-        single = single or row
+    macs = {size: count_macs(model, size) for size in {base_size, *sizes}} if mode == "crop" else {}
+    rows = []
+    for method, (method_sizes, flip) in methods.items():
+        out = tta_predict(
+            model,
+            images,
+            method_sizes,
+            flip=flip,
+            combine=combine,
+            mode=mode,
+            batch_size=batch_size,
+            views=views,
+        )
+        row = {"method": method, "views": len(method_sizes) * (1 + flip), **result_row(out)}
+        single = rows[0] if rows else row
         gain = paired_difference(row["correct"], single["correct"])
-        total_macs = sum(macs[int(s)] for s, _ in keys) if macs else np.nan
+        total_macs = (1 + flip) * sum(macs[s] for s in method_sizes) if macs else np.nan
         rows.append(
             {
                 **row,
-                "gain": gain["difference"],
-                "gain_low": gain["ci_low"],
-                "gain_high": gain["ci_high"],
-                "verdict": {"A better": "better", "B better": "worse"}.get(gain["verdict"], "tie"),
+                "gain": gain.difference,
+                "gain_low": gain.ci_low,
+                "gain_high": gain.ci_high,
+                "verdict": gain.describe("TTA", "single scale"),
                 "gmacs_per_image": total_macs / 1e9,
                 "cost": row["ms_per_image"] / single["ms_per_image"],
             }
         )
-    first = ["method", "views", "accuracy", "ci_low", "ci_high", "gain", "gain_low", "gain_high"]
-    return pd.DataFrame(rows)[
-        [
-            *first,
-            "verdict",
-            "gmacs_per_image",
-            "ms_per_image",
-            "cost",
-            "mean_confidence",
-            "correct",
-            "logits",
-        ]
-    ]
+    columns = ["method", "views", "n", "accuracy", "ci_low", "ci_high", "gain", "gain_low"]
+    columns += ["gain_high", "verdict", "gmacs_per_image", "ms_per_image", "cost"]
+    return pd.DataFrame(rows)[[*columns, "mean_confidence", "correct", "logits"]]
 
 
 def lowres_transform(size: int, eval_size: int) -> Transform:
@@ -165,7 +163,7 @@ def lowres_transform(size: int, eval_size: int) -> Transform:
             v2.Resize((size, size), antialias=True),
             v2.Resize((eval_size, eval_size), antialias=True),
         ]
-    return v2.Compose([*steps, *normalise_steps()])
+    return v2.Compose([*steps, *normalize_steps()])
 
 
 def evaluate_low_resolution(

@@ -1,35 +1,30 @@
-"""Plot conventions shared by every notebook: one colour per network, titled, labelled figures."""
+"""Plot conventions shared by every notebook: one colour per network, titled, labeled figures."""
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 from IPython.display import Image, display
 
-from course_utils.config import artifacts_dir
+from course_utils.config import artifacts_dir, display_path
+from course_utils.models import ARCHITECTURES
 
-# The same colour for the same network throughout the course.
-NETWORK_COLORS: dict[str, str] = {
-    "resnet18": "#7f7f7f",
-    "resnet34": "#9467bd",
-    "resnet50": "#1f77b4",
-    "resnet101": "#d62728",
-}
+log = logging.getLogger(__name__)
+
 # The same colour for the same class wherever cats and dogs are drawn apart.
 CLASS_COLORS: dict[str, str] = {"cat": "#ff7f0e", "dog": "#2ca02c"}
-NETWORK_LABELS: dict[str, str] = {
-    "resnet18": "ResNet-18",
-    "resnet34": "ResNet-34",
-    "resnet50": "ResNet-50",
-    "resnet101": "ResNet-101",
-}
 
 
 def network_style(arch: str) -> dict[str, str]:
-    """Keyword arguments (``color``, ``label``) that draw ``arch`` the same way in every figure."""
-    return {"color": NETWORK_COLORS[arch], "label": NETWORK_LABELS[arch]}
+    """Keyword arguments (``color``, ``label``) that draw ``arch`` the same way in every figure.
+
+    Both come from :data:`course_utils.models.ARCHITECTURES` (ResNet-50 blue, ResNet-101 red).
+    """
+    spec = ARCHITECTURES[arch]
+    return {"color": spec.color, "label": spec.label}
 
 
 DISPLAY_DPI = 80  # figures shown in the notebook
@@ -65,4 +60,4 @@ def show(fig: plt.Figure, name: str, *, photo: bool = False) -> None:
     fig.savefig(buffer, format=image_format, dpi=DISPLAY_DPI, bbox_inches="tight", **extra)
     plt.close(fig)
     display(Image(data=buffer.getvalue(), format=image_format))
-    print(f"saved: {path}")
+    log.info("saved: %s", display_path(path))

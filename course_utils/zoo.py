@@ -1,4 +1,4 @@
-"""Trained networks on demand: :func:`load_or_train` reuses a cached checkpoint or trains one.
+"""Trained networks on demand: :func:`load_or_train` reuses a cached run or trains one.
 
 Every notebook that needs a trained ResNet calls ``load_or_train("resnet50")``, so a notebook
 opened alone (e.g. in a fresh Colab runtime) still works: the first call trains at the active
@@ -6,25 +6,28 @@ profile and caches the run; later calls load it in seconds.
 
 The cache lives in ``<artifacts>/checkpoints/<arch>-<regime>-<profile>-<hash8>/`` (git-ignored;
 ``$COURSE_ARTIFACTS_DIR`` moves it, e.g. to a mounted Google Drive folder). ``hash8`` is the
-start of the SHA-256 of :func:`cache_key`: the training config plus the profile's data fields, so
-a different recipe never reuses another recipe's run.
+start of the SHA-256 of :func:`cache_key`: the recipe, the data it trains on, and the checkpoint
+format. The runtime (device, resolved AMP dtype, channels-last) is not part of it, so a run
+started on a GPU is found, and resumed, on a CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from course_utils.checkpoints import CheckpointError, load_checkpoint, model_from_state
+from course_utils.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from course_utils.config import (
     Profile,
     artifacts_dir,
     default_num_workers,
-    get_device,
+    display_path,
     get_profile,
     profile_as_dict,
     seed_everything,
@@ -32,38 +35,73 @@ from course_utils.config import (
 from course_utils.data import (
     CLASSES,
     CachedPetDataset,
+    PetRecord,
     cache_side_for,
+    capped_cache_side,
     dataset_in_use,
     eval_transform,
     get_records,
     make_loader,
     train_transform,
 )
-from course_utils.train import LAST, History, TrainConfig, build_model_for, fit
+from course_utils.recipe import Recipe, Regime, build_model_for
+from course_utils.runs import Checkpoint, History, RunFolder, model_from_state
+from course_utils.runtime import Runtime
+from course_utils.train import fit
+
+log = logging.getLogger(__name__)
 
 
-def cache_key(cfg: TrainConfig, profile: Profile) -> dict[str, Any]:
-    """What a cached run must match: the full config and the profile's data selection."""
+@dataclass(frozen=True)
+class TrainingData:
+    """The train and val records a run trains on, resolved once per call."""
+
+    dataset: str  # as data.dataset_in_use resolved it: "bundled" when the download failed
+    train: list[PetRecord]
+    val: list[PetRecord]
+    sources: dict[str, str]  # split -> a one-line description
+    cache_side: int  # shorter side of the decoded in-memory images
+
+
+def training_data(recipe: Recipe, profile: Profile, dataset: str | None = None) -> TrainingData:
+    """Resolve the data set once (in the gpu profile this may download), read the train and val
+    records, and choose the decoded-cache side: every crop's full detail
+    (``data.cache_side_for``) unless that would not fit the memory budget (then capped, with a
+    warning: ``data.capped_cache_side``)."""
+    dataset = dataset or dataset_in_use(profile)
+    train, train_source = get_records(profile, "train", dataset=dataset)
+    val, val_source = get_records(profile, "val", dataset=dataset)
+    wanted = cache_side_for(recipe.image_size, recipe.crop_scale)
+    side = capped_cache_side(wanted, len(train) + len(val))
+    return TrainingData(dataset, train, val, {"train": train_source, "val": val_source}, side)
+
+
+def cache_key(recipe: Recipe, profile: Profile, data: TrainingData) -> dict[str, Any]:
+    """What a cached run must match: the recipe, the data it was trained on (the resolved data
+    set, the split cap, the decoded-cache side) and the checkpoint format."""
     return {
-        "config": cfg.to_dict(),
-        "profile": {
-            "name": profile.name,
-            "dataset": dataset_in_use(profile),  # "bundled" when the full set was unavailable
+        "format": CHECKPOINT_FORMAT,
+        "recipe": recipe.to_dict(),
+        "data": {
+            "profile": profile.name,
+            "dataset": data.dataset,
             "max_images_per_split": profile.max_images_per_split,
+            "cache_side": data.cache_side,
         },
     }
 
 
-def run_dir(cfg: TrainConfig, profile: Profile) -> Path:
-    """The cache folder of this config at this profile."""
-    text = json.dumps(cache_key(cfg, profile), sort_keys=True)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
-    return artifacts_dir() / "checkpoints" / f"{cfg.arch}-{cfg.regime}-{profile.name}-{digest}"
+def run_dir(key: dict[str, Any]) -> Path:
+    """The cache folder of a :func:`cache_key`."""
+    recipe, data = key["recipe"], key["data"]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{recipe['arch']}-{recipe['regime']}-{data['profile']}-{digest}"
+    return artifacts_dir() / "checkpoints" / name
 
 
 def load_or_train(
     arch: str,
-    regime: str = "scratch",
+    regime: Regime = "scratch",
     profile: Profile | str | None = None,
     *,
     seed: int = 0,
@@ -72,10 +110,10 @@ def load_or_train(
 ) -> tuple[nn.Module, History]:
     """A trained ``arch`` (on ``config.get_device()``, in eval mode) and its training history.
 
-    The config is ``TrainConfig.from_profile(profile, arch, regime, seed=seed, **overrides)``;
-    ``profile`` defaults to the active one. A finished cached run with the same config is
-    loaded; an unfinished one is resumed; otherwise the network is trained on the profile's
-    train/val split (``data.get_records``) and cached. One line says which happened.
+    The recipe is ``Recipe.from_profile(profile, arch, regime, seed=seed, **overrides)``;
+    ``profile`` defaults to the active one. A finished cached run of the same recipe and data
+    is loaded; an unfinished one is resumed; otherwise the network is trained on the profile's
+    train/val split (``data.get_records``) and cached. One log line says which happened.
 
     The model returned has the final epoch's weights, not ``best.pt``'s: one-cycle ends at a
     tiny learning rate, so the last epoch is the settled one, and choosing the epoch with the
@@ -83,76 +121,100 @@ def load_or_train(
     the same folder. The ``imagenet`` regime raises ``PretrainedWeightsUnavailable`` offline.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
-    cfg = TrainConfig.from_profile(profile, arch, regime, seed=seed, **overrides)
-    folder = run_dir(cfg, profile)
-    last = folder / LAST
-    resume = last.is_file()
-    if resume:
-        state = load_checkpoint(last, expected_arch=arch, expected_num_classes=cfg.num_classes)
-        if state["meta"].get("cache_key") != cache_key(cfg, profile):
+    recipe = Recipe.from_profile(profile, arch, regime, seed=seed, **overrides)
+    data = training_data(recipe, profile)
+    key = cache_key(recipe, profile, data)
+    folder = RunFolder(run_dir(key))
+    runtime = Runtime.resolve(recipe)
+    if folder.holds_run():
+        state: Checkpoint = load_checkpoint(  # type: ignore[assignment]
+            folder.last, expected_arch=arch, expected_num_classes=recipe.num_classes
+        )
+        if state["meta"].get("cache_key") != key:
             raise CheckpointError(
-                f"{last} was trained with another config than its folder name says; move the "
-                "folder away (or delete it) to train this config afresh."
+                f"{display_path(folder.last)} was trained with another recipe or data than its "
+                "folder name says; move the folder away (or delete it) to train afresh."
             )
-        if state["epoch"] >= cfg.epochs:
+        if state["epoch"] >= recipe.epochs:
             history = History.from_checkpoint(state)
-            print(
-                f"load_or_train: loaded {folder.name} from {last} (epoch {state['epoch']}, "
-                f"final val acc {history.records[-1]['val_acc']:.1%}, "
-                f"trained on {state['meta'].get('device', '?')})"
+            log.info(
+                "load_or_train: loaded %s (epoch %d, final val acc %.1f%%, trained on %s)",
+                folder.path.name,
+                state["epoch"],
+                100 * history.records[-1]["val_acc"],
+                state["runtime"]["device"],
             )
-            return model_from_state(state).to(get_device()).eval(), history
-        print(f"load_or_train: resuming {folder} after epoch {state['epoch']}/{cfg.epochs}")
+            return model_from_state(state).to(runtime.device).eval(), history
+        log.info(
+            "load_or_train: resuming %s after epoch %d/%d",
+            folder.path.name,
+            state["epoch"],
+            recipe.epochs,
+        )
     else:
-        print(f"load_or_train: no cached run; training {cfg.summary()} -> {folder}")
-    return train_run(cfg, profile, folder, resume=resume, progress=progress)
+        log.info(
+            "load_or_train: no cached run; training %s -> %s", recipe.summary(), folder.path.name
+        )
+    return train_run(
+        recipe, profile, folder.path, data=data, resume=folder.holds_run(), progress=progress
+    )
 
 
 def train_run(
-    cfg: TrainConfig,
+    recipe: Recipe,
     profile: Profile,
     folder: Path,
     *,
+    data: TrainingData | None = None,
+    runtime: Runtime | None = None,
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[nn.Module, History]:
-    """Train ``cfg`` on the profile's data into ``folder``; return the model in eval mode.
+    """Train ``recipe`` on the profile's data into ``folder``; return the model in eval mode.
 
-    ``resume`` and ``overwrite`` are :func:`fit`'s (the command line's ``--resume``/``--force``).
+    ``data`` defaults to :func:`training_data`; ``runtime`` to :meth:`Runtime.resolve`.
+    ``resume`` and ``overwrite`` are :func:`course_utils.train.fit`'s (the command line's
+    ``--resume`` / ``--force``).
     """
-    seed_everything(cfg.seed)
-    model = build_model_for(cfg)  # fails here, before any file is written, if weights are missing
-    train_records, source = get_records(profile, "train")
-    val_records, val_source = get_records(profile, "val")
-    side = cache_side_for(cfg.image_size)  # decoded once, kept in memory at a training size
+    data = data or training_data(recipe, profile)
+    runtime = runtime or Runtime.resolve(recipe)
+    seed_everything(recipe.seed)
+    model = build_model_for(
+        recipe
+    )  # fails here, before any file is written, if weights are missing
     train_set = CachedPetDataset(
-        train_records, train_transform(cfg.image_size, cfg.crop_scale), cache_side=side
+        data.train,
+        train_transform(recipe.image_size, recipe.crop_scale),
+        cache_side=data.cache_side,
     )
-    val_set = CachedPetDataset(val_records, eval_transform(cfg.image_size), cache_side=side)
-    device = get_device()
+    val_set = CachedPetDataset(
+        data.val, eval_transform(recipe.image_size), cache_side=data.cache_side
+    )
     # From memory, batches cost well under 1 % of a CPU training step: loader workers would only
     # compete with the model for the cores (benchmarks/bench_data_loader.py). On a GPU they help.
-    workers = default_num_workers() if device.type == "cuda" else 0
+    workers = default_num_workers() if runtime.device.type == "cuda" else 0
     meta = {
-        "cache_key": cache_key(cfg, profile),
+        "cache_key": cache_key(recipe, profile, data),
         "profile": profile_as_dict(profile),
-        "data": {"train": source, "val": val_source},
+        "data": data.sources,
         "classes": list(CLASSES),
-        "device": str(device),
     }
     if progress:
-        print(f"data: {source}\ndata: {val_source}")
+        for source in data.sources.values():
+            log.info("data: %s", source)
     history = fit(
         model,
-        make_loader(train_set, cfg.batch_size, train=True, seed=cfg.seed, num_workers=workers),
-        make_loader(val_set, cfg.batch_size, train=False, seed=cfg.seed, num_workers=workers),
-        cfg,
+        make_loader(
+            train_set, recipe.batch_size, train=True, seed=recipe.seed, num_workers=workers
+        ),
+        make_loader(val_set, recipe.batch_size, train=False, seed=recipe.seed, num_workers=workers),
+        recipe,
         checkpoint_dir=folder,
         resume=resume,
         overwrite=overwrite,
         progress=progress,
-        device=device,
+        runtime=runtime,
         meta=meta,
     )
     return model.eval(), history

@@ -11,5 +11,6 @@ ruff format --check .
 
 echo "== pytest: unit tests + nbval on every notebook (COURSE_PROFILE=smoke)"
 export COURSE_PROFILE=smoke MPLBACKEND=agg
+# --durations: the slowest tests are listed at the end, so growth of CI time shows up early.
 pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
-  -p no:cacheprovider "$@"
+  -p no:cacheprovider --durations=15 "$@"

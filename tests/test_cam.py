@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils import cam, cam_scores, models
+from course_utils import cam, cam_scores, evaluate, hooks, models
 
 pytest.importorskip("pytorch_grad_cam")
 
@@ -41,7 +41,7 @@ def _assert_no_hooks(model: nn.Module) -> None:
         assert not module._forward_hooks, name
         assert not module._forward_pre_hooks, name
         assert not module._backward_hooks, name
-    assert cam.hooks_left(model) == {}
+    assert hooks.hooks_left(model) == {}
 
 
 def test_target_layer_is_the_last_block_of_the_stage():
@@ -52,7 +52,7 @@ def test_target_layer_is_the_last_block_of_the_stage():
         cam.target_layer(model, "layer5")
 
 
-@pytest.mark.parametrize("stage", cam.STAGES)
+@pytest.mark.parametrize("stage", cam.CAM_STAGES)
 def test_hand_written_grad_cam_matches_the_package(stage):
     model, images = _network(), _images(64, 96)
     layer = cam.target_layer(model, stage)
@@ -77,7 +77,7 @@ def test_explicit_classes_change_the_map_and_match_the_package():
 
 def test_several_stages_in_one_pass_equal_one_stage_at_a_time():
     model, images = _network(), _images()
-    layers = [cam.target_layer(model, stage) for stage in cam.STAGES]
+    layers = [cam.target_layer(model, stage) for stage in cam.CAM_STAGES]
     out = cam.grad_cams(model, images, layers)
     for layer, maps in zip(layers, out.cams, strict=True):
         torch.testing.assert_close(maps, cam.grad_cam(model, images, layer))
@@ -112,7 +112,7 @@ def test_a_constant_map_stays_exactly_zero_after_upsampling():
 @pytest.mark.parametrize("method", [cam.BY_HAND, *cam.PACKAGE_METHODS])
 def test_no_hooks_are_left_registered(method):
     model, images = _network(), _images()
-    layers = [cam.target_layer(model, stage) for stage in cam.STAGES]
+    layers = [cam.target_layer(model, stage) for stage in cam.CAM_STAGES]
     _assert_no_hooks(model)
     if method == cam.BY_HAND:
         cam.grad_cams(model, images, layers)
@@ -276,13 +276,40 @@ def test_confidence_change_matches_the_package_metric():
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
-def test_compare_row_calls_a_difference_inside_the_noise_a_tie():
+def test_compare_row_reports_the_second_network_minus_the_first():
     rng = np.random.default_rng(0)
     a = rng.random(100)
-    row = cam_scores.compare_row({"resnet50": a, "resnet101": a + 0.001 * rng.standard_normal(100)})
-    assert row["ResNet-101 - ResNet-50"].endswith("tie")
     row = cam_scores.compare_row(
         {"resnet50": a, "resnet101": a + 0.2}, {"centre CAM": np.full(100, 0.7)}
     )
-    assert row["ResNet-101 - ResNet-50"].endswith("ResNet-101 higher")
-    assert row["centre CAM"].startswith("0.70") and row["images"] == "100"
+    assert list(row) == [
+        "ResNet-50",
+        "ResNet-101",
+        "ResNet-101 - ResNet-50",
+        "centre CAM",
+        "images",
+    ]
+    assert row["ResNet-101 - ResNet-50"] == "+0.20 (+0.20 to +0.20): ResNet-101 higher"
+    assert row["centre CAM"] == "0.70 (0.70 to 0.70)" and row["images"] == "100"
+    low, high = evaluate.bootstrap_ci(a)
+    assert row["ResNet-50"] == evaluate.format_interval(a.mean(), low, high)
+    lower = cam_scores.compare_row({"resnet50": a, "resnet101": a - 0.2})
+    assert lower["ResNet-101 - ResNet-50"] == "-0.20 (-0.20 to -0.20): ResNet-50 higher"
+
+
+def test_compare_row_finds_no_detectable_difference_inside_the_noise():
+    rng = np.random.default_rng(0)
+    a = rng.random(100)
+    row = cam_scores.compare_row({"resnet50": a, "resnet101": a + 0.001 * rng.standard_normal(100)})
+    assert row["ResNet-101 - ResNet-50"].endswith("): no detectable difference")
+
+
+def test_confidence_change_restores_every_module_mode():
+    model, images = _network(), _images()
+    model.train()
+    model.bn1.eval()
+    try:
+        cam_scores.confidence_change(model, images, torch.ones(2, 64, 64), [0, 1])
+        assert model.training and model.layer1.training and not model.bn1.training
+    finally:
+        model.eval()

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic saving, safe loading with clear errors, model rebuilding, RNG state."""
+"""Checkpoint files: atomic saving, safe loading with clear errors, format versions, RNG state;
+and rebuilding a model from one (``runs.model_from_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import torch
 from course_utils import checkpoints
 from course_utils.checkpoints import (
     CheckpointError,
+    CheckpointNotFound,
     capture_rng_state,
     load_checkpoint,
-    model_from_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
+from course_utils.errors import CourseError
 from course_utils.models import build_model
+from course_utils.runs import model_from_checkpoint
 
 
 def _state(arch: str = "resnet18", num_classes: int = 2) -> dict:
@@ -50,8 +53,16 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_missing_file_names_the_path_and_nearby_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "best.pt", _state())
-    with pytest.raises(FileNotFoundError, match=r"No checkpoint at .*last\.pt.*best\.pt"):
+    with pytest.raises(CheckpointNotFound, match=r"No checkpoint at .*last\.pt.*best\.pt") as info:
         load_checkpoint(tmp_path / "last.pt")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, CourseError)
+
+
+def test_another_format_version_is_refused_before_anything_is_read(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({**_state(), "format": "course_utils.checkpoint/1", "config": {}}, path)
+    with pytest.raises(CheckpointError, match=r"format 'course_utils.checkpoint/1'.*Retrain it"):
+        load_checkpoint(path)
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint at all", b""])

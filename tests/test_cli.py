@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import torchvision
 
 from course_utils import config, zoo
-from course_utils.checkpoints import load_checkpoint
-from course_utils.cli import main
+from course_utils.checkpoints import load_checkpoint, save_checkpoint
+from course_utils.cli import common, main
 from course_utils.data import CLASSES, bundled_records
-from course_utils.train import TrainConfig
+from course_utils.data.folders import FolderLayoutError, folder_records
+from course_utils.errors import CourseError
+from course_utils.recipe import Recipe
 
 # One optimiser step: the smoke profile's train split has 48 images.
 TINY = ["--arch", "resnet18", "--profile", "smoke", "--epochs", "1", "--batch-size", "48"]
@@ -71,8 +74,9 @@ def test_train_ends_with_the_checkpoint_that_load_or_train_reuses(trained, capsy
     assert lines[-1] == str(checkpoint) and lines[-2].startswith("done: epoch 1/1, val acc")
     profile = config.get_profile("smoke")
     sizes = {"epochs": 1, "batch_size": 48, "image_size": 32}
-    cfg = TrainConfig.from_profile(profile, "resnet18", **sizes)
-    assert checkpoint.parent == zoo.run_dir(cfg, profile)
+    recipe = Recipe.from_profile(profile, "resnet18", **sizes)
+    data = zoo.training_data(recipe, profile)
+    assert checkpoint.parent == zoo.run_dir(zoo.cache_key(recipe, profile, data))
     zoo.load_or_train("resnet18", profile="smoke", progress=False, **sizes)
     assert capsys.readouterr().out.startswith("load_or_train: loaded resnet18-scratch-smoke-")
 
@@ -123,10 +127,11 @@ def test_evaluate_on_the_bundled_test_split(trained, capsys):
     code, out, _ = run(capsys, "evaluate", "--checkpoint", str(checkpoint), "--image-size", "32")
     assert code == 0
     test = bundled_records("test")
-    assert re.search(rf"accuracy: \d+\.\d% \(95% CI [\d.]+-[\d.]+%, n={len(test)}\)", out)
+    assert re.search(rf"accuracy: \d+\.\d% \(95% CI [\d.]+% to [\d.]+%, n={len(test)}\)", out)
     assert "true cat" in out and "predicted dog" in out and "per-breed accuracy" in out
-    csv = Path(out.splitlines()[-1].split(": ")[-1])
-    assert csv == checkpoint.parent / "predictions-bundled-test.csv"
+    csv = checkpoint.parent / "predictions-bundled-test.csv"
+    assert out.splitlines()[-1].split(": ")[-1] == config.display_path(csv)
+    assert out.splitlines()[-1].split(": ")[-1].startswith("artifacts/checkpoints/")
     frame = pd.read_csv(csv)
     assert frame.image_path.tolist() == [str(r.image_path) for r in test]
     assert {"breed", "label", "predicted", "correct", "p_cat", "p_dog"} <= set(frame.columns)
@@ -203,3 +208,51 @@ def test_bad_numbers_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", *TINY[:-1], "0"])
     assert exit_.value.code == 2 and "expected a number >= 1" in capsys.readouterr().err
+
+
+def test_a_folder_without_images_is_a_clear_error(trained, tmp_path, capsys):
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "broken.jpg").write_bytes(b"not a jpeg")
+    code, _, err = run(capsys, "evaluate", "--checkpoint", str(trained[1]), "--data", str(tmp_path))
+    assert code == 2 and "error: No usable images under" in err and "broken.jpg" in err
+
+
+def test_a_wrong_layout_is_a_course_error_and_still_a_value_error(tmp_path):
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(FolderLayoutError, match="no 'dogs/' folder") as error:
+        folder_records(tmp_path)
+    assert isinstance(error.value, CourseError) and isinstance(error.value, ValueError)
+
+
+def test_a_checkpoint_without_its_image_size_asks_for_one(trained, tmp_path, capsys):
+    state = load_checkpoint(trained[1])
+    del state["recipe"]
+    old = save_checkpoint(tmp_path / "old.pt", state)
+    image = str(bundled_records("test")[0].image_path)
+    code, _, err = run(capsys, "predict", "--checkpoint", str(old), image)
+    assert code == 2 and "does not record its training image size: add --image-size" in err
+    code, out, _ = run(capsys, "predict", "--checkpoint", str(old), "--image-size", "32", image)
+    assert code == 0 and PROBABILITIES.search(out.splitlines()[-1])
+
+
+def test_a_course_error_is_a_message_and_exit_code_2(pets, capsys, monkeypatch):
+    def unusable(*args, **kwargs):
+        raise CourseError("fix this (test)")
+
+    monkeypatch.setattr(common, "model_from_checkpoint", unusable)
+    image = str(next(pets.glob("cats/*.jpg")))
+    code, out, err = run(capsys, "predict", "--checkpoint", image, image)
+    assert (code, out) == (2, "")
+    assert err == "python -m course_utils predict: error: fix this (test)\n"
+
+
+def test_a_bug_keeps_its_traceback(pets, capsys, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(torch, "load", bug)  # deep inside: checkpoints.load_checkpoint calls it
+    image = str(next(pets.glob("cats/*.jpg")))
+    with pytest.raises(ValueError, match="boom"):
+        main(["predict", "--checkpoint", image, image])
+    assert "error:" not in capsys.readouterr().err

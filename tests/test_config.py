@@ -1,6 +1,7 @@
 """Profiles, seeding, device and paths."""
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,28 @@ def test_environment_report_names_profile_device_and_versions():
     assert {"device", "torchvision", "python", "numpy"} <= set(report)
 
 
-def test_num_workers_is_sane():
-    assert 0 <= config.default_num_workers() <= 8
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 1), (4, 3), (64, 8)])
+def test_loader_workers_leave_one_core_for_the_model(monkeypatch, cores, workers):
+    monkeypatch.setattr(
+        config.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False
+    )
+    assert config.default_num_workers() == workers
 
 
-def test_repo_root_is_a_path():
-    assert isinstance(config.repo_root(), Path)
+def test_paths_are_shown_relative_to_the_artifacts_or_the_repository(monkeypatch, tmp_path):
+    monkeypatch.setenv(config.ARTIFACTS_DIR_ENV, str(tmp_path / "art"))
+    assert config.display_path(tmp_path / "art" / "checkpoints" / "x") == "artifacts/checkpoints/x"
+    assert config.display_path(config.repo_root() / "data" / "pets") == "data/pets"
+    assert config.display_path(Path("/somewhere/else")) == "/somewhere/else"
+
+
+def test_setup_logging_shows_the_package_lines_once(capsys):
+    logger = logging.getLogger("course_utils.zoo")
+    config.setup_logging()
+    config.setup_logging()  # twice: still one handler
+    logger.info("load_or_train: loaded x")
+    assert capsys.readouterr().out == "load_or_train: loaded x\n"
+    config.setup_logging(logging.WARNING)
+    logger.info("hidden")
+    assert capsys.readouterr().out == ""
+    config.setup_logging()

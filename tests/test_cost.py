@@ -1,4 +1,4 @@
-"""course_utils.cost: MACs match torchvision's metadata, receptive fields match the formula."""
+"""course_utils.cost and .timing: MACs match torchvision, receptive fields match published ones."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from course_utils import cost, models
+from course_utils import cost, models, timing
 
 TORCHVISION_WEIGHTS = {
     "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
@@ -53,16 +53,14 @@ def test_counting_leaves_the_model_untouched() -> None:
 @pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
 def test_stage_sums_equal_totals(arch: str) -> None:
     model = _model(arch)
-    per_stage = cost.macs_per_stage(model, 224)
-    assert tuple(per_stage) == cost.STAGES
-    assert sum(per_stage.values()) == cost.count_macs(model, 224)
+    assert sum(cost.macs_per_stage(model, 224).values()) == cost.count_macs(model, 224)
     assert sum(cost.parameters_per_stage(model).values()) == models.count_parameters(model)
 
 
 def test_resnet101_extra_parameters_and_macs_are_all_in_layer3() -> None:
     params = {arch: cost.parameters_per_stage(_model(arch)) for arch in ("resnet50", "resnet101")}
     macs = {arch: cost.macs_per_stage(_model(arch), 224) for arch in ("resnet50", "resnet101")}
-    for stage in cost.STAGES:
+    for stage in models.STAGES:
         if stage != "layer3":
             assert params["resnet50"][stage] == params["resnet101"][stage]
             assert macs["resnet50"][stage] == macs["resnet101"][stage]
@@ -74,50 +72,60 @@ def test_resnet101_extra_parameters_and_macs_are_all_in_layer3() -> None:
     assert macs["resnet101"]["layer3"] - macs["resnet50"]["layer3"] == 17 * block_weights * 14 * 14
 
 
-def _expected_receptive_fields(layer3_blocks: int) -> dict[str, tuple[int, int]]:
-    """By hand from r_out = r_in + (k - 1) * j_in, j_out = j_in * s; one 3x3 per bottleneck."""
-    r, j = 1, 1
-    r, j = r + (7 - 1) * j, j * 2  # stem conv 7x7 stride 2 -> r 7, j 2
-    assert r == 7
-    r, j = r + (3 - 1) * j, j * 2  # max pool 3x3 stride 2 -> r 11, j 4
-    assert r == 11
-    expected = {"stem": (r, j)}
-    # 1x1 convs add nothing ((1 - 1) * j = 0); each block's 3x3 adds 2 * j, the first one of
-    # layer2..4 with stride 2 (ResNet v1.5), so the jump doubles after it.
-    for stage, blocks, stride in [
-        ("layer1", 3, 1),
-        ("layer2", 4, 2),
-        ("layer3", layer3_blocks, 2),
-        ("layer4", 3, 2),
-    ]:
-        for block in range(blocks):
-            r += (3 - 1) * j
-            j *= stride if block == 0 else 1
-        expected[stage] = (r, j)
-    return expected
+# Receptive field (px) and cumulative stride at the end of each stage, by hand with
+# r_out = r_in + (k - 1) * j_in and j_out = j_in * s. Stem: conv 7x7/2 gives r 7, j 2; max pool
+# 3x3/2 gives r 7 + 2 * 2 = 11, j 4. Each bottleneck adds 2 * j with its 3x3 (1x1 convs add 0);
+# in v1.5 the first 3x3 of layer2..4 strides, so it adds 2 * j before the jump doubles.
+RESNET50_V15 = {
+    "stem": (11, 4),
+    "layer1": (11 + 3 * 8, 4),  # 35
+    "layer2": (35 + 8 + 3 * 16, 8),  # 91: the strided 3x3 at j 4, three more at j 8
+    "layer3": (91 + 16 + 5 * 32, 16),  # 267
+    "layer4": (267 + 32 + 2 * 64, 32),  # 427
+}
+# ResNet v1 strides in the first 1x1 conv instead: every 3x3 of a stage sees the doubled jump.
+# Araujo, Norris & Sim (Distill 2019) list 483 px for ResNet-50 v1 and 1027 px for ResNet-101 v1.
+PUBLISHED_V1 = {"resnet50": 483, "resnet101": 1027}
 
 
-@pytest.mark.parametrize(("arch", "layer3_blocks"), [("resnet50", 6), ("resnet101", 23)])
-def test_receptive_fields_match_the_formula(arch: str, layer3_blocks: int) -> None:
-    expected = _expected_receptive_fields(layer3_blocks)
-    got = cost.receptive_field(_model(arch))
-    assert {stage: (rf.size, rf.jump) for stage, rf in got.items()} == expected
-    trace = cost.receptive_field_trace(_model(arch))
+def _as_v1(model: models.ResNet) -> models.ResNet:
+    """ResNet v1: the first block of a stage strides in its 1x1 conv, not in its 3x3."""
+    for stage in models.RESIDUAL_STAGES[1:]:
+        first = getattr(model, stage)[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
+    return model
+
+
+def test_receptive_fields_of_resnet50_match_the_hand_derivation() -> None:
+    got = cost.receptive_field(_model("resnet50"))
+    assert {stage: (rf.size, rf.jump) for stage, rf in got.items()} == RESNET50_V15
+    trace = cost.receptive_field_trace(_model("resnet50"))
     assert [(t.name, t.size, t.jump) for t in trace[:2]] == [("conv1", 7, 2), ("maxpool", 11, 4)]
     assert not any("downsample" in t.name for t in trace)
 
 
-def test_receptive_fields_written_out() -> None:
-    """The values of the formula, spelled out (also quoted in notebook 03)."""
-    assert _expected_receptive_fields(6) == {
-        "stem": (11, 4),
-        "layer1": (35, 4),
-        "layer2": (91, 8),
-        "layer3": (267, 16),
-        "layer4": (427, 32),
-    }
-    assert _expected_receptive_fields(23)["layer3"] == (811, 16)
-    assert _expected_receptive_fields(23)["layer4"] == (971, 32)
+def test_resnet101_adds_17_blocks_of_2_x_16_px_to_layer3() -> None:
+    got = cost.receptive_field(_model("resnet101"))
+    assert (got["layer3"].size, got["layer3"].jump) == (267 + 17 * 32, 16)  # 811
+    assert (got["layer4"].size, got["layer4"].jump) == (427 + 17 * 32, 32)  # 971
+    assert got["layer2"] == cost.receptive_field(_model("resnet50"))["layer2"]
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "resnet101"])
+def test_v1_receptive_field_matches_the_published_value(arch: str) -> None:
+    v1 = cost.receptive_field(_as_v1(models.build_model(arch)))
+    v15 = cost.receptive_field(_model(arch))
+    assert v1["layer4"].size == PUBLISHED_V1[arch]
+    # v1.5 moves each of the three strides one 3x3 earlier: 2 * (4 + 8 + 16) = 56 px less.
+    assert v1["layer4"].size - v15["layer4"].size == 56
+    assert v1["layer4"].jump == v15["layer4"].jump == 32
+
+
+def test_dilation_widens_the_kernel_and_non_square_kernels_are_refused() -> None:
+    dilated = nn.Sequential(nn.Conv2d(3, 4, 3, dilation=2), nn.Conv2d(4, 4, 3, stride=2))
+    assert [(t.size, t.jump) for t in cost.receptive_field_trace(dilated)] == [(5, 1), (7, 2)]
+    with pytest.raises(ValueError, match="non-square kernel"):
+        cost.receptive_field_trace(nn.Sequential(nn.Conv2d(3, 4, (3, 1))))
 
 
 def test_same_results_for_torchvision_resnet() -> None:
@@ -132,19 +140,36 @@ def _tiny_model() -> nn.Module:
     )
 
 
-def test_latency_and_train_step_return_positive_finite_numbers() -> None:
+def test_inference_step_runs_the_model_in_eval_mode() -> None:
+    model = _tiny_model().train()
+    step = timing.inference_step(model, 16, 2, "cpu")
+    assert not model.training
+    logits = step()
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, step())  # the same fixed batch every call
+
+
+def test_train_step_trains_a_copy() -> None:
     model = _tiny_model()
     weights = [p.detach().clone() for p in model.parameters()]
-    for result in (
-        cost.measure_latency(model, 16, 2, "cpu", warmup=1, repeats=3),
-        cost.measure_train_step(model, 16, 2, "cpu", warmup=1, repeats=3),
-    ):
-        assert result["repeats"] == 3
-        for key in ("median_ms", "p10_ms", "p90_ms", "images_per_s"):
-            assert math.isfinite(result[key]) and result[key] > 0
-        assert result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
-    # the train step trains a copy
+    step = timing.train_step(model, 16, 2, "cpu", lr=0.1)
+    first, second = step().item(), step().item()
+    assert math.isfinite(first) and second != first  # the copy's weights moved
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))
+
+
+def test_summarize_times_in_milliseconds_and_images_per_second() -> None:
+    summary = timing.summarize_times([0.004, 0.001, 0.002, 0.003, 0.100], batch_size=8)
+    assert summary["median_ms"] == pytest.approx(3.0)
+    assert summary["images_per_s"] == pytest.approx(8 / 0.003)
+    assert summary["p10_ms"] == pytest.approx(1.4)  # numpy's linear interpolation
+    assert summary["times_ms"] == pytest.approx((4.0, 1.0, 2.0, 3.0, 100.0))  # in call order
+    assert summary["repeats"] == 5
+
+
+def test_time_interleaved_needs_a_timed_round() -> None:
+    with pytest.raises(ValueError, match="repeats"):
+        timing.time_interleaved({"a": lambda: None}, "cpu", warmup=0, repeats=0)
 
 
 def test_compare_side_by_side_interleaves_calls() -> None:
@@ -153,7 +178,7 @@ def test_compare_side_by_side_interleaves_calls() -> None:
     def factory(model, input_size, batch_size, device):
         return lambda: calls.append(model)
 
-    results = cost.compare_side_by_side(
+    results = timing.compare_side_by_side(
         {"a": "A", "b": "B"}, factory, 8, 1, "cpu", warmup=1, repeats=3
     )
     assert calls == ["A", "B"] * 4
@@ -161,4 +186,4 @@ def test_compare_side_by_side_interleaves_calls() -> None:
 
 
 def test_peak_memory_is_none_on_cpu() -> None:
-    assert cost.measure_peak_memory(_tiny_model(), 16, 2, "cpu") is None
+    assert timing.measure_peak_memory(_tiny_model(), 16, 2, "cpu") is None

@@ -63,6 +63,15 @@ def test_cache_side_keeps_the_smallest_training_crop_at_full_detail() -> None:
         assert size <= smallest_crop_side < size + 1
 
 
+def test_cache_side_follows_a_wider_crop_scale() -> None:
+    """With 8 % crops the smallest crop is 0.24 of the side: 523 px for 128 px training, so the
+    bundled 288 px files are cached as they are instead of enlarged from 250 px."""
+    assert cache_side_for(128, (0.08, 1.0)) == 523
+    assert cache_side_for(128, (0.35, 1.0)) == cache_side_for(128)
+    smallest_crop_side = math.sqrt(0.08 * 3 / 4) * cache_side_for(224, (0.08, 1.0))
+    assert 224 <= smallest_crop_side < 225
+
+
 def test_uncached_sizes_give_identical_items(records: list[PetRecord]) -> None:
     for transform in (None, eval_transform(64)):
         plain = PetDataset(records[:4], transform, with_mask=True)

@@ -1,4 +1,4 @@
-"""Metrics: bootstrap intervals, confusion matrix, per-group accuracy, predictions."""
+"""Metrics: intervals, paired differences, formatting, confusion, per group, predictions."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from course_utils.data import PetRecord
 from course_utils.evaluate import (
-    accuracy,
+    PairedDifference,
+    Verdict,
     bootstrap_ci,
     confusion_matrix,
     format_accuracy,
+    format_interval,
+    paired_difference,
     per_group_accuracy,
     predict,
+    wilson_interval,
 )
 
 
@@ -44,15 +48,80 @@ def test_bootstrap_is_seeded_and_narrows_with_the_level():
         bootstrap_ci(np.array([]))
 
 
+def test_wilson_interval_matches_known_values():
+    # Reference values: Wilson (1927) score interval at 95 %, z = 1.959964.
+    assert wilson_interval(0, 2) == pytest.approx((0.0, 0.657620), abs=1e-6)
+    assert wilson_interval(2, 2) == pytest.approx((0.342380, 1.0), abs=1e-6)
+    assert wilson_interval(1, 2) == pytest.approx((0.094531, 0.905469), abs=1e-6)
+    assert wilson_interval(5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-6)
+    assert wilson_interval(0, 2)[0] == 0.0 and wilson_interval(2, 2)[1] == 1.0  # exact ends
+    low90, high90 = wilson_interval(5, 10, level=0.90)
+    assert 0.236593 < low90 < 0.5 < high90 < 0.763407
+
+
+def test_wilson_interval_refuses_impossible_counts():
+    with pytest.raises(ValueError, match="at least one trial"):
+        wilson_interval(0, 0)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError, match="level"):
+        wilson_interval(1, 2, level=1.0)
+
+
+def test_paired_difference_is_first_minus_second():
+    better, worse = np.ones(50, bool), np.zeros(50, bool)
+    diff = paired_difference(better, worse)
+    assert isinstance(diff, PairedDifference)
+    assert (diff.difference, diff.ci_low, diff.ci_high, diff.n) == (1.0, 1.0, 1.0, 50)
+    assert diff.verdict is Verdict.FIRST_HIGHER
+    assert diff.describe("ResNet-101", "ResNet-50") == "ResNet-101 higher"
+    swapped = paired_difference(worse, better)
+    assert (swapped.difference, swapped.ci_low, swapped.ci_high) == (-1.0, -1.0, -1.0)
+    assert swapped.verdict is Verdict.SECOND_HIGHER
+    assert swapped.describe("ResNet-101", "ResNet-50") == "ResNet-50 higher"
+
+
+def test_paired_difference_inside_the_noise_is_no_detectable_difference():
+    same = paired_difference(np.ones(50), np.ones(50))
+    assert same.difference == 0 and same.verdict is Verdict.NO_DETECTABLE_DIFFERENCE
+    assert same.describe("A", "B") == "no detectable difference"
+    a = np.r_[np.zeros(20), np.ones(80)]
+    b = a.copy()
+    b[0], b[50], b[51] = 1, 0, 0  # B gains one image and loses two: inside the noise
+    noisy = paired_difference(a, b)
+    assert noisy.difference == pytest.approx(0.01)
+    assert noisy.ci_low < 0 < noisy.ci_high
+    assert noisy.verdict is Verdict.NO_DETECTABLE_DIFFERENCE
+
+
+def test_paired_difference_is_the_seeded_bootstrap_of_the_differences():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(80), rng.random(80) + 0.3
+    diff = paired_difference(a, b, seed=4)
+    assert diff.difference == pytest.approx((a - b).mean())
+    assert (diff.ci_low, diff.ci_high) == bootstrap_ci(a - b, seed=4)
+    assert diff.verdict is Verdict.SECOND_HIGHER and diff.level == 0.95
+    narrow = paired_difference(a, b, seed=4, level=0.5)
+    assert diff.ci_low < narrow.ci_low < narrow.ci_high < diff.ci_high
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(np.ones(3), np.ones(4))
+
+
+def test_format_interval_styles():
+    assert format_interval(0.6234, 0.58, 0.661) == "0.62 (0.58 to 0.66)"
+    assert format_interval(0.815, 0.764, 0.866, digits=1, percent=True) == "81.5% (76.4% to 86.6%)"
+    signed = format_interval(0.014, -0.023, 0.05, digits=1, percent=True, signed=True)
+    assert signed == "+1.4% (-2.3% to +5.0%)"
+    assert (
+        format_interval(0.5, 0.4, 0.6, digits=1, level=0.9, n=7) == "0.5 (90% CI 0.4 to 0.6, n=7)"
+    )
+
+
 def test_format_accuracy_reads_like_a_report():
-    text = format_accuracy(np.r_[np.ones(80), np.zeros(20)])
-    assert text.startswith("80.0% (95% CI ") and text.endswith("n=100)")
-
-
-def test_accuracy_takes_classes_or_scores():
-    labels = np.array([0, 1, 1, 0])
-    assert accuracy(np.array([0, 1, 0, 0]), labels) == 0.75
-    assert accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [5.0, 1.0]]), labels) == 0.75
+    correct = np.r_[np.ones(80), np.zeros(20)]
+    low, high = bootstrap_ci(correct)
+    expected = f"80.0% (95% CI {low:.1%} to {high:.1%}, n=100)"
+    assert format_accuracy(correct) == expected
 
 
 def test_confusion_matrix_rows_are_true_classes():
@@ -72,8 +141,11 @@ def test_per_group_accuracy_lists_the_worst_group_first():
     assert list(table["group"]) == ["sphynx", "pug", "(unknown)", "beagle"]
     assert list(table["n"]) == [2, 2, 1, 2]
     assert list(table["accuracy"]) == [0.0, 0.5, 1.0, 1.0]
-    assert (table["ci_low"] <= table["accuracy"]).all()
-    assert (table["accuracy"] <= table["ci_high"]).all()
+    for row in table.itertuples():  # Wilson intervals: not zero-width at n = 1 or 2
+        assert (row.ci_low, row.ci_high) == wilson_interval(round(row.accuracy * row.n), row.n)
+        assert row.ci_low <= row.accuracy <= row.ci_high and row.ci_high - row.ci_low > 0.5
+    with pytest.raises(ValueError, match="0/1"):
+        per_group_accuracy(np.array([0.3, 1.0]), ["a", "b"])
 
 
 def _loader(n: int = 10, shuffle: bool = False) -> DataLoader:
@@ -92,8 +164,9 @@ def test_predict_collects_logits_labels_and_metadata_in_order():
     loader, model = _loader(), _model()
     records = [PetRecord(Path(f"img{i}.jpg"), i % 2, f"breed{i % 3}", None) for i in range(10)]
     model.train()
+    model[0].eval()  # a submodule frozen in eval mode inside a training model
     pred = predict(model, loader, metadata=records)
-    assert model.training  # mode restored
+    assert model.training and model[1].training and not model[0].training  # modes restored
     images, labels = loader.dataset.tensors
     with torch.no_grad():
         torch.testing.assert_close(pred.logits, model(images))

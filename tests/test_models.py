@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from course_utils import models
+from course_utils.errors import CourseError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMAGENET_WEIGHTS = {
@@ -100,13 +101,15 @@ def test_eval_outputs_match_torchvision(arch: str, size: tuple[int, int]) -> Non
     torch.testing.assert_close(actual, expected, rtol=0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize(("arch", "last_bn"), [("resnet18", "bn2"), ("resnet50", "bn3")])
+@pytest.mark.parametrize(
+    ("arch", "last_bn", "n_blocks"), [("resnet18", "bn2", 8), ("resnet50", "bn3", 16)]
+)
 def test_zero_init_residual_zeroes_the_last_bn_weight_of_every_block(
-    arch: str, last_bn: str
+    arch: str, last_bn: str, n_blocks: int
 ) -> None:
     model = models.build_model(arch, zero_init_residual=True)
     blocks = [m for m in model.modules() if isinstance(m, models.BasicBlock | models.Bottleneck)]
-    assert len(blocks) == sum(models.STAGE_BLOCKS[arch])
+    assert len(blocks) == n_blocks
     for block in blocks:
         assert torch.count_nonzero(getattr(block, last_bn).weight) == 0
         assert torch.all(block.bn1.weight == 1)
@@ -136,12 +139,31 @@ def test_count_parameters_trainable_only() -> None:
     assert models.count_parameters(model) == 11_689_512 - 513 * 1000 + 513 * 2
 
 
-def test_build_model_and_registry() -> None:
-    assert set(models.ARCHITECTURES) == set(models.STAGE_BLOCKS) == set(ARCHS)
-    model = models.build_model("resnet34", num_classes=3)
-    assert isinstance(model, models.ResNet)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_architecture_table_matches_torchvision_and_the_label(arch: str) -> None:
+    spec = models.ARCHITECTURES[arch]
+    reference = getattr(torchvision.models, arch)()
+    stages = [getattr(reference, stage) for stage in models.RESIDUAL_STAGES]
+    assert spec.stage_blocks == tuple(len(stage) for stage in stages)
+    assert spec.block.__name__ == type(stages[0][0]).__name__
+    # The depth in the label counts weighted layers: convs on the main path plus the fc layer.
+    model = models.build_model(arch, num_classes=3)
+    weighted = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and "downsample" not in name
+    ]
+    assert spec.label == f"ResNet-{len(weighted)}"
     assert model.fc.out_features == 3
-    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+
+
+def test_stage_names_are_the_networks_children_in_order() -> None:
+    model = models.resnet18()
+    children = [name for name, _ in model.named_children()]
+    stages = tuple(name for name in children if name.startswith("layer"))
+    assert stages == models.RESIDUAL_STAGES
+    # The feature maps: the last module of the stem, then every residual stage.
+    assert (children[children.index("layer1") - 1], *stages) == models.FEATURE_MAP_MODULES
 
 
 def test_build_model_unknown_name_lists_valid_names() -> None:
@@ -188,7 +210,7 @@ def test_pretrained_offline_raises_a_helpful_error(
     assert os.path.join(torch.hub.get_dir(), "checkpoints") in message
     assert ("damaged" in message) == isinstance(error, RuntimeError)  # hash mismatch: delete it
     assert excinfo.value.__cause__ is error
-    assert isinstance(excinfo.value, RuntimeError)
+    assert isinstance(excinfo.value, CourseError)  # the command line prints it as a user error
 
 
 def test_pretrained_loads_the_weights_then_replaces_the_head(
@@ -206,3 +228,29 @@ def test_pretrained_loads_the_weights_then_replaces_the_head(
     assert fitted.fc.out_features == 2
     assert torch.equal(fitted.conv1.weight, imagenet["conv1.weight"])
     assert torch.equal(fitted.layer4[1].bn2.running_var, imagenet["layer4.1.bn2.running_var"])
+
+
+def _training_model_with_frozen_batchnorm() -> nn.Module:
+    model = models.resnet18(num_classes=2).train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()  # frozen statistics inside a training model, as in fine-tuning
+    return model
+
+
+def test_eval_mode_restores_each_modules_own_flag() -> None:
+    model = _training_model_with_frozen_batchnorm()
+    before = {name: m.training for name, m in model.named_modules()}
+    assert any(before.values()) and not all(before.values())
+    with models.eval_mode(model) as inside:
+        assert inside is model
+        assert not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == before
+
+
+def test_eval_mode_restores_the_flags_after_an_error() -> None:
+    model = _training_model_with_frozen_batchnorm()
+    before = {name: m.training for name, m in model.named_modules()}
+    with pytest.raises(RuntimeError), models.eval_mode(model):
+        model(torch.randn(1, 4, 32, 32))  # 4 channels: the stem refuses them
+    assert {name: m.training for name, m in model.named_modules()} == before

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from course_utils import models, multiscale
+from course_utils import models, multiscale, multiscale_tta
+from course_utils.cost import count_macs
 from course_utils.data import IMAGENET_MEAN, IMAGENET_STD, PetDataset, PetRecord, eval_transform
 from course_utils.data import memory as data_memory
+from course_utils.evaluate import paired_difference
+from course_utils.hooks import capture_stages
 from course_utils.multiscale import (
-    capture_stages,
     compare_frames,
     decode_once,
     evaluate_at_scales,
-    paired_difference,
     size_transform,
 )
 from course_utils.multiscale_tta import (
@@ -60,7 +62,7 @@ def _normalise(image: torch.Tensor) -> torch.Tensor:
     return v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)(v2.ToDtype(torch.float32, scale=True)(image))
 
 
-def test_sizes_that_are_not_multiples_of_32(model, images) -> None:
+def test_sizes_that_are_not_multiples_of_32(model, images, records) -> None:
     sizes = [37, 50, 97]
     frame = evaluate_at_scales(model, images, sizes, progress=False)
     assert frame["size"].tolist() == sizes
@@ -68,8 +70,11 @@ def test_sizes_that_are_not_multiples_of_32(model, images) -> None:
     for row in frame.itertuples():
         assert row.logits.shape == (len(SHAPES), 2) and torch.isfinite(row.logits).all()
         assert row.correct.shape == (len(SHAPES),) and row.correct.dtype == bool
-        assert row.ci_low <= row.accuracy <= row.ci_high
-        assert 0.5 <= row.mean_confidence <= 1 and row.ms_per_image > 0
+        labels = torch.tensor([record.label for record in records])
+        np.testing.assert_array_equal(row.correct, (row.logits.argmax(1) == labels).numpy())
+        assert row.accuracy == row.correct.mean() and row.ci_low <= row.accuracy <= row.ci_high
+        top = row.logits.softmax(1).max(1).values.mean().item()
+        assert row.mean_confidence == pytest.approx(top) and row.ms_per_image > 0
     # The last feature map is ceil(s / 32) cells wide: 2 at 37 and 50 px, 4 at 97 px.
     for size, cells in ((37, 2), (50, 2), (97, 4)):
         with capture_stages(model) as stages:
@@ -166,12 +171,49 @@ def test_combine_views() -> None:
         combine_views([a], "votes")
 
 
-def test_compare_tta_reports_gain_and_cost(model, images) -> None:
-    table = compare_tta(model, images, 40, [32, 40, 48])
+def test_compare_tta_rows_are_tta_predict_with_each_view_run_once(
+    model, images, monkeypatch
+) -> None:
+    calls = []
+    original = multiscale_tta.run_transformed
+    monkeypatch.setattr(
+        multiscale_tta,
+        "run_transformed",
+        lambda *args, **kwargs: calls.append(kwargs["flip"]) or original(*args, **kwargs),
+    )
+    sizes = [32, 40, 48]
+    table = compare_tta(model, images, 40, sizes)
+    assert len(calls) == 2 * len(sizes)  # each (size, mirrored) view once, shared by the rows
+    monkeypatch.setattr(multiscale_tta, "run_transformed", original)
+    settings = [([40], False), ([40], True), (sizes, False), (sizes, True)]
     assert table["views"].tolist() == [1, 2, 3, 6]
-    assert table.loc[0, "gain"] == 0 and table.loc[0, "cost"] == 1
-    assert table.loc[0, "verdict"] == "tie"
-    assert table.loc[3, "gmacs_per_image"] > table.loc[2, "gmacs_per_image"] > 0
+    for row, (row_sizes, flip) in zip(table.itertuples(), settings, strict=True):
+        expected = tta_predict(model, images, row_sizes, flip=flip).logits
+        torch.testing.assert_close(row.logits, expected)
+        assert row.gain == pytest.approx(row.accuracy - table.loc[0, "accuracy"])  # row - single
+        gain = paired_difference(row.correct, table.loc[0, "correct"])
+        assert (row.gain_low, row.gain_high) == (gain.ci_low, gain.ci_high)
+        assert row.verdict == gain.describe("TTA", "single scale")
+        macs = (1 + flip) * sum(count_macs(model, s) for s in row_sizes)
+        assert row.gmacs_per_image == pytest.approx(macs / 1e9)
+        assert row.cost == pytest.approx(row.ms_per_image / table.loc[0, "ms_per_image"])
+
+
+def test_a_shared_view_cache_runs_each_view_once(model, images, monkeypatch) -> None:
+    calls = []
+    original = multiscale_tta.run_transformed
+    monkeypatch.setattr(
+        multiscale_tta,
+        "run_transformed",
+        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs),
+    )
+    views: dict = {}
+    both = tta_predict(model, images, [32, 40], views=views)
+    assert len(calls) == 4 and len(views) == 4
+    again = tta_predict(model, images, [40], flip=False, views=views)
+    assert len(calls) == 4  # a view already in the cache is not run again
+    torch.testing.assert_close(again.logits, views[(40, False, "crop", 32)].logits)
+    assert both.seconds == sum(view.seconds for view in views.values())
 
 
 def test_low_resolution_at_the_eval_size_is_native(model, images) -> None:
@@ -192,20 +234,37 @@ def test_low_resolution_at_the_eval_size_is_native(model, images) -> None:
         lowres_transform(48, 40)
 
 
-def test_paired_difference_and_compare_frames(model, images) -> None:
-    same = paired_difference(np.ones(50, bool), np.ones(50, bool))
-    assert same["difference"] == 0 and same["verdict"] == "tie"
-    better = paired_difference(np.ones(50, bool), np.zeros(50, bool))
-    assert better["verdict"] == "A better" and better["ci_low"] == 1
-    frame = evaluate_at_scales(model, images, [32, 40], progress=False)
-    table = compare_frames(frame, frame)
-    assert table["size"].tolist() == [32, 40] and (table["verdict"] == "tie").all()
+def _frame(correct_by_size: dict[int, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({"size": list(correct_by_size), "correct": list(correct_by_size.values())})
+
+
+def test_compare_frames_is_first_minus_second_per_common_size() -> None:
+    good, bad = np.ones(50, bool), np.zeros(50, bool)
+    mixed = np.r_[np.ones(25, bool), np.zeros(25, bool)]
+    deep = _frame({32: good, 40: mixed, 48: good})
+    shallow = _frame({24: good, 32: bad, 40: mixed[::-1], 48: bad})
+    table = compare_frames(deep, shallow, labels=("ResNet-101", "ResNet-50"))
+    assert list(table.columns) == ["size", "n", "difference", "ci_low", "ci_high", "verdict"]
+    assert table["size"].tolist() == [32, 40, 48] and table["n"].tolist() == [50, 50, 50]
+    assert table["difference"].tolist() == [1.0, 0.0, 1.0]
+    assert table["verdict"].tolist() == [
+        "ResNet-101 higher",
+        "no detectable difference",
+        "ResNet-101 higher",
+    ]
+    swapped = compare_frames(shallow, deep)
+    assert swapped["size"].tolist() == [32, 40, 48]
+    assert swapped["difference"].tolist() == [-1.0, 0.0, -1.0]
+    assert swapped["verdict"].tolist()[0] == "second higher"
+    expected = paired_difference(mixed, mixed[::-1])
+    assert (table.loc[1, "ci_low"], table.loc[1, "ci_high"]) == (expected.ci_low, expected.ci_high)
 
 
 def test_model_mode_is_restored(model, images) -> None:
     model.train()
+    model.bn1.eval()  # a frozen BatchNorm inside a training model keeps its own mode
     try:
         evaluate_at_scales(model, images, [32], progress=False)
-        assert model.training
+        assert model.training and model.layer1.training and not model.bn1.training
     finally:
         model.eval()

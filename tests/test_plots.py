@@ -1,4 +1,4 @@
-"""plots.show: every figure reaches the notebook, whatever the matplotlib backend."""
+"""plots: every figure reaches the notebook, whatever the backend; one style per network."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 from IPython.display import Image
+from matplotlib.colors import is_color_like, to_rgb
 
-from course_utils import plots
+from course_utils import models, plots
 
 
 @pytest.mark.parametrize(("photo", "magic"), [(False, b"\x89PNG"), (True, b"\xff\xd8")])
@@ -26,3 +27,16 @@ def test_show_displays_the_figure_under_the_agg_backend(
     assert shown[0].data.startswith(magic)
     assert (tmp_path / "figures" / "a_test_figure.png").is_file()
     assert not plt.fignum_exists(fig.number)  # closed, so an inline backend cannot show it twice
+
+
+def test_network_style_draws_resnet50_blue_and_resnet101_red() -> None:
+    styles = {arch: plots.network_style(arch) for arch in models.ARCHITECTURES}
+    assert set(styles["resnet50"]) == {"color", "label"}  # matplotlib keyword arguments
+    colors = [style["color"] for style in styles.values()]
+    assert len(set(colors)) == len(colors) and all(map(is_color_like, colors))
+    red, green, blue = to_rgb(styles["resnet50"]["color"])
+    assert blue > max(red, green)
+    red, green, blue = to_rgb(styles["resnet101"]["color"])
+    assert red > max(green, blue)
+    with pytest.raises(KeyError):
+        plots.network_style("resnet152")

@@ -1,4 +1,4 @@
-"""The training loop, its checkpoints and resume, and load_or_train's cache.
+"""The training loop, its run folder and resume (also with other runtime settings).
 
 Small on purpose: 32 px images, 16 of them, a few optimiser steps per run.
 """
@@ -17,19 +17,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from course_utils import config, models, train, zoo
+from course_utils import config, runs, train
 from course_utils.checkpoints import load_checkpoint
 from course_utils.data import make_loader, train_transform
-from course_utils.train import (
-    TrainConfig,
-    autocast_dtype,
+from course_utils.recipe import (
+    Recipe,
     build_model_for,
-    fit,
+    head_only_epochs,
     make_optimizer,
     make_scheduler,
-    set_loader_epoch,
-    train_one_epoch,
 )
+from course_utils.runs import RecipeMismatch, RunExistsError
+from course_utils.runtime import Runtime
+from course_utils.train import fit, set_loader_epoch, train_one_epoch
 
 TIMING_KEYS = {"images_per_s", "train_seconds", "data_wait_s", "epoch_seconds", "peak_memory_mb"}
 
@@ -75,98 +75,21 @@ class TinyNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-def tiny_cfg(**overrides) -> TrainConfig:
-    return TrainConfig(
+def tiny_cfg(**overrides) -> Recipe:
+    return Recipe(
         **{"arch": "resnet18", "image_size": 32, "batch_size": 8, "epochs": 2, **overrides}
     )
 
 
-def tiny_fit(folder, cfg=None, model=None, **kwargs) -> tuple[nn.Module, train.History]:
+CPU = Runtime(torch.device("cpu"), autocast=None, channels_last=False)
+
+
+def tiny_fit(folder, cfg=None, model=None, **kwargs) -> tuple[nn.Module, runs.History]:
     torch.manual_seed(0)
     model = model or TinyNet()
-    history = fit(
-        model, *loaders(), cfg or tiny_cfg(), checkpoint_dir=folder, device="cpu", **kwargs
-    )
+    kwargs.setdefault("runtime", CPU)
+    history = fit(model, *loaders(), cfg or tiny_cfg(), checkpoint_dir=folder, **kwargs)
     return model, history
-
-
-@pytest.fixture
-def interrupt_after(monkeypatch):
-    """``interrupt_after(n)``: the next fit raises KeyboardInterrupt once epoch ``n`` is saved."""
-
-    def arm(epochs: int) -> None:
-        save = train._save_epoch
-
-        def save_then_stop(folder, run, meta, improved):
-            save(folder, run, meta, improved)
-            if len(run.history.records) == epochs:
-                monkeypatch.setattr(train, "_save_epoch", save)
-                raise KeyboardInterrupt
-
-        monkeypatch.setattr(train, "_save_epoch", save_then_stop)
-
-    return arm
-
-
-def test_from_profile_is_the_reference_recipe(monkeypatch):
-    monkeypatch.setenv(config.DEVICE_ENV, "cpu")
-    cfg = TrainConfig.from_profile(config.get_profile("cpu"), "resnet50")
-    assert (cfg.image_size, cfg.epochs, cfg.batch_size) == (128, 24, 32)
-    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule) == (
-        "adamw",
-        2e-3,
-        0.05,
-        "onecycle",
-    )
-    assert cfg.label_smoothing == 0.1 and cfg.zero_init_residual and not cfg.channels_last
-    tuned = TrainConfig.from_profile(config.get_profile("cpu"), "resnet50", "imagenet", epochs=3)
-    assert tuned.epochs == 3 and not tuned.zero_init_residual
-    assert "resnet50 scratch, 128 px, 24 epochs, batch 32, adamw lr 0.002" in cfg.summary()
-
-
-def test_config_fills_optimizer_defaults_and_rejects_typos():
-    sgd = TrainConfig("resnet50", optimizer="sgd")
-    assert (sgd.lr, sgd.weight_decay) == train.OPTIMIZER_DEFAULTS["sgd"]
-    assert TrainConfig("resnet50", lr=1e-3).lr == 1e-3
-    with pytest.raises(ValueError, match="regime must be one of scratch, imagenet"):
-        TrainConfig("resnet50", regime="pretrained")
-    with pytest.raises(ValueError, match="warmup_fraction"):
-        TrainConfig("resnet50", warmup_fraction=1.0)
-    with pytest.raises(ValueError, match="crop_scale"):
-        TrainConfig("resnet50", crop_scale=(0.5, 0.2))
-
-
-def test_config_survives_a_json_round_trip():
-    cfg = TrainConfig("resnet50", crop_scale=(0.08, 1.0))
-    again = TrainConfig(**json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg and again.to_dict() == cfg.to_dict()
-
-
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
-def test_schedules_warm_up_to_the_max_lr_then_decay(schedule):
-    cfg = TrainConfig("resnet18", epochs=4, schedule=schedule, lr=0.01)
-    optimizer = make_optimizer(TinyNet(), cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=10)
-    lrs = []
-    for _ in range(40):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    peak = int(np.argmax(lrs))
-    assert lrs[0] < 0.01 / 5 and lrs[-1] < 0.01 / 100
-    assert 8 <= peak <= 10 and lrs[peak] == pytest.approx(0.01, rel=0.02)
-    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1], strict=True))
-    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :], strict=False))
-
-
-def test_mixed_precision_only_on_cuda(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert autocast_dtype("auto", cuda) == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert autocast_dtype("auto", cuda) == torch.bfloat16
-    assert autocast_dtype("fp16", cuda) == torch.float16 and autocast_dtype("off", cuda) is None
 
 
 def test_shuffling_depends_only_on_seed_and_epoch():
@@ -181,15 +104,39 @@ def test_shuffling_depends_only_on_seed_and_epoch():
     assert order(used, 0) == first
 
 
-def test_the_other_options_train_too(tmp_path):
-    """SGD, cosine schedule, channels-last and gradient clipping, in one quick run."""
-    cfg = tiny_cfg(optimizer="sgd", schedule="cosine", channels_last=True, grad_clip=1.0)
-    _, history = tiny_fit(tmp_path / "run", cfg, progress=False)
+def test_the_other_options_take_effect(tmp_path, monkeypatch):
+    """SGD, cosine schedule, channels-last and gradient clipping, in one quick run: the clip
+    bounds every gradient that reaches the optimiser, and the model sees channels-last input."""
+    cfg = tiny_cfg(optimizer="sgd", schedule="cosine", grad_clip=1e-3)
+    norms_seen: list[float] = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_and_record(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        total = clip(parameters, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+        norms_seen.append(float(after))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_record)
+    model = TinyNet()
+    layouts: list[bool] = []
+    model.conv1.register_forward_pre_hook(
+        lambda module, args: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    runtime = Runtime(torch.device("cpu"), autocast=None, channels_last=True)
+    _, history = tiny_fit(tmp_path / "run", cfg, model, runtime=runtime, progress=False)
     assert all(math.isfinite(r["train_loss"]) for r in history.records)
     assert history.records[-1]["lr"] < cfg.lr / 100
+    assert len(norms_seen) == 4 and max(norms_seen) <= 1e-3 * 1.01  # 2 epochs x 2 steps
+    assert layouts and all(layouts)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_fit_records_history_and_writes_checkpoints(tmp_path, capsys):
+def test_fit_records_history_and_writes_checkpoints(tmp_path, caplog):
+    caplog.set_level("INFO", logger="course_utils")
     model, history = tiny_fit(tmp_path / "run", progress=True)
     assert [r["epoch"] for r in history.records] == [1, 2]
     record = history.records[-1]
@@ -198,7 +145,7 @@ def test_fit_records_history_and_writes_checkpoints(tmp_path, capsys):
     }  # fmt: skip
     assert all(math.isfinite(r["train_loss"]) and r["images_per_s"] > 0 for r in history.records)
     assert "ru_maxrss" in history.memory_measure and record["peak_memory_mb"] > 0
-    assert "epoch   2/2  train loss" in capsys.readouterr().out
+    assert "epoch   2/2  train loss" in caplog.text
     folder = tmp_path / "run"
     assert {p.name for p in folder.iterdir()} == {
         "last.pt",
@@ -207,11 +154,12 @@ def test_fit_records_history_and_writes_checkpoints(tmp_path, capsys):
         "history.csv",
     }
     saved = json.loads((folder / "history.json").read_text())
-    assert saved["epochs"] == history.records and saved["config"] == tiny_cfg().to_dict()
+    assert saved["epochs"] == history.records and saved["recipe"] == tiny_cfg().to_dict()
     assert len(pd.read_csv(folder / "history.csv")) == 2
     last = load_checkpoint(folder / "last.pt", expected_arch="resnet18", expected_num_classes=2)
     assert last["epoch"] == 2 and last["history"] == history.records
     assert {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    assert last["runtime"] == {"device": "cpu", "autocast": "off", "channels_last": False}
     for name, tensor in model.state_dict().items():
         assert torch.equal(last["model"][name], tensor)
     best = load_checkpoint(folder / "best.pt")
@@ -230,7 +178,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, interru
         config.seed_everything(cfg.seed)
         model = build_model_for(cfg)
         data = loaders(n=4, batch_size=2)
-        history = fit(model, *data, cfg, checkpoint_dir=folder, resume=resume, progress=False)
+        history = fit(
+            model, *data, cfg, checkpoint_dir=folder, resume=resume, progress=False, runtime=CPU
+        )
         return model, history
 
     straight, straight_history = start(tmp_path / "straight")
@@ -258,7 +208,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, interru
 def test_a_finished_run_is_never_overwritten(tmp_path):
     folder = tmp_path / "run"
     tiny_fit(folder, progress=False)
-    with pytest.raises(FileExistsError, match="resume=True.*overwrite=True"):
+    with pytest.raises(RunExistsError, match="resume=True.*overwrite=True"):
         tiny_fit(folder, progress=False)
     with pytest.raises(ValueError, match="not both"):
         tiny_fit(folder, progress=False, resume=True, overwrite=True)
@@ -269,9 +219,9 @@ def test_a_finished_run_is_never_overwritten(tmp_path):
     assert (folder / "last.pt").is_file()
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_recipe(tmp_path):
     tiny_fit(tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match=r"different config \(lr: 0.002 -> 0.001\)"):
+    with pytest.raises(RecipeMismatch, match=r"another recipe \(lr: 0.002 -> 0.001\)"):
         tiny_fit(tmp_path / "run", tiny_cfg(lr=1e-3), progress=False, resume=True)
 
 
@@ -286,11 +236,17 @@ def test_resuming_a_finished_run_only_loads_it(tmp_path):
 
 def test_imagenet_regime_trains_the_head_first_then_everything(tmp_path):
     cfg = tiny_cfg(regime="imagenet", epochs=4, zero_init_residual=False)
-    assert train.head_only_epochs(cfg) == 1
+    assert head_only_epochs(cfg) == 1
     torch.manual_seed(0)
     model = TinyNet()
     optimizer = make_optimizer(model, cfg)
-    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([cfg.lr / 10, cfg.lr])
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {
+        "backbone decay": pytest.approx(cfg.lr / 10),
+        "backbone no_decay": pytest.approx(cfg.lr / 10),
+        "head decay": cfg.lr,
+        "head no_decay": cfg.lr,
+    }
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=2)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     train_loader = loaders()[0]
@@ -299,7 +255,7 @@ def test_imagenet_regime_trains_the_head_first_then_everything(tmp_path):
         before = {k: v.clone() for k, v in model.state_dict().items()}
         head_only = train._train_only_head(model, cfg, index)
         train._set_train_mode(model, head_only)
-        train_one_epoch(model, train_loader, optimizer, scheduler, scaler, cfg, torch.device("cpu"))
+        train_one_epoch(model, train_loader, optimizer, scheduler, scaler, cfg, CPU)
         return {k: not torch.equal(v, before[k]) for k, v in model.state_dict().items()}
 
     changed = epoch(0)  # head only: backbone weights and BN statistics frozen
@@ -309,71 +265,33 @@ def test_imagenet_regime_trains_the_head_first_then_everything(tmp_path):
     assert changed["conv1.weight"] and changed["bn1.running_mean"] and changed["fc.weight"]
 
 
-@pytest.fixture
-def tiny_profile(tmp_path, monkeypatch) -> config.Profile:
-    """A 32 px, 2-epoch profile on 16 bundled images per split; artifacts under ``tmp_path``."""
-    monkeypatch.setenv(config.ARTIFACTS_DIR_ENV, str(tmp_path / "artifacts"))
-    monkeypatch.setenv(config.DEVICE_ENV, "cpu")
-    return config.Profile(
-        name="tiny",
-        description="tests",
-        dataset="bundled",
-        image_size=32,
-        batch_size=8,
-        epochs=2,
-        max_images_per_split=16,
-        pretrained=False,
-        demo_image_size=32,
-        demo_depths=(8,),
-        demo_steps=1,
-    )
-
-
-def test_load_or_train_trains_resumes_then_loads(
-    tiny_profile, tmp_path, capsys, interrupt_after, monkeypatch
-):
-    """The cache logic on the bundled data; TinyNet stands in for ResNet-18 to keep it quick."""
-    monkeypatch.setattr(models, "build_model", lambda arch, **kwargs: TinyNet())
+def test_a_run_resumes_with_other_runtime_settings(tmp_path, interrupt_after):
+    """Started without channels-last, resumed with it (as a GPU run resumed on a CPU changes
+    device and AMP dtype): the recipe is the same, so resume works and ends at the same weights
+    up to float rounding; the checkpoint records the runtime of the epochs written last."""
+    cfg = tiny_cfg(epochs=2)
+    straight, _ = tiny_fit(tmp_path / "straight", cfg, progress=False)
     interrupt_after(1)
     with pytest.raises(KeyboardInterrupt):
-        zoo.load_or_train("resnet18", profile=tiny_profile, progress=False)
-    assert "no cached run; training resnet18 scratch, 32 px" in capsys.readouterr().out
-
-    trained, history = zoo.load_or_train("resnet18", profile=tiny_profile, progress=False)
-    assert "resuming" in capsys.readouterr().out
-    assert len(history.records) == 2 and not trained.training
-
-    loaded, loaded_history = zoo.load_or_train("resnet18", profile=tiny_profile, progress=False)
-    out = capsys.readouterr().out
-    assert (
-        out.startswith("load_or_train: loaded resnet18-scratch-tiny-")
-        and "(epoch 2, final val acc" in out
+        tiny_fit(tmp_path / "other", cfg, progress=False)
+    channels_last = Runtime(torch.device("cpu"), autocast=None, channels_last=True)
+    resumed, history = tiny_fit(
+        tmp_path / "other", cfg, progress=False, resume=True, runtime=channels_last
     )
-    assert loaded_history.records == history.records and not loaded.training
-    for name, tensor in trained.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor), name
-
-    folder = zoo.run_dir(TrainConfig.from_profile(tiny_profile, "resnet18"), tiny_profile)
-    assert folder.parent == tmp_path / "artifacts" / "checkpoints"
-    meta = load_checkpoint(folder / "best.pt")["meta"]
-    assert meta["classes"] == ["cat", "dog"] and "bundled" in meta["data"]["train"]
-
-
-def test_cache_folder_follows_the_config(tiny_profile):
-    cfg = TrainConfig.from_profile(tiny_profile, "resnet50")
-    assert zoo.run_dir(cfg, tiny_profile) == zoo.run_dir(cfg, tiny_profile)
-    other = TrainConfig.from_profile(tiny_profile, "resnet50", lr=1e-3)
-    assert zoo.run_dir(other, tiny_profile) != zoo.run_dir(cfg, tiny_profile)
-    wider = TrainConfig.from_profile(tiny_profile, "resnet50", crop_scale=(0.08, 1.0))
-    assert zoo.run_dir(wider, tiny_profile) != zoo.run_dir(cfg, tiny_profile)
-    assert zoo.run_dir(cfg, tiny_profile).name.startswith("resnet50-scratch-tiny-")
+    assert [r["epoch"] for r in history.records] == [1, 2]
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5), name
+    last = load_checkpoint(tmp_path / "other" / "last.pt")
+    assert last["runtime"]["channels_last"] is True
 
 
-def test_imagenet_regime_offline_says_so_and_writes_nothing(tiny_profile, monkeypatch, tmp_path):
-    def offline(arch):
-        raise models.PretrainedWeightsUnavailable(f"Could not get the ImageNet weights for {arch}")
-
-    monkeypatch.setattr(models, "_imagenet_state_dict", offline)
-    with pytest.raises(models.PretrainedWeightsUnavailable, match="ImageNet weights for resnet50"):
-        zoo.load_or_train("resnet50", "imagenet", profile=tiny_profile, progress=False)
-    assert not (tmp_path / "artifacts" / "checkpoints").exists()
+def test_runtime_resolves_device_amp_and_memory_layout(monkeypatch):
+    cpu = Runtime.resolve(tiny_cfg(amp="bf16"), "cpu")
+    assert (cpu.autocast, cpu.channels_last) == (None, False)  # no mixed precision on the CPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    cuda = Runtime.resolve(tiny_cfg(), "cuda")
+    assert (cuda.autocast, cuda.channels_last) == (torch.bfloat16, True)
+    assert cuda.describe() == {"device": "cuda", "autocast": "bfloat16", "channels_last": True}
+    assert not Runtime.resolve(tiny_cfg(), "cuda", channels_last=False).channels_last

@@ -8,7 +8,7 @@ Notebooks usually need only :func:`get_records`, which follows the active profil
 
 from course_utils.data.bundled import DataIntegrityError, bundled_records
 from course_utils.data.dataset import PetDataset, make_loader
-from course_utils.data.folders import folder_records
+from course_utils.data.folders import FolderLayoutError, folder_records
 from course_utils.data.images import (
     MAX_PIXELS,
     MIN_SIDE,
@@ -18,7 +18,12 @@ from course_utils.data.images import (
     load_rgb,
     validate_images,
 )
-from course_utils.data.memory import CachedPetDataset, cache_side_for
+from course_utils.data.memory import (
+    CACHE_BUDGET_BYTES,
+    CachedPetDataset,
+    cache_side_for,
+    capped_cache_side,
+)
 from course_utils.data.oxford import DatasetUnavailable, oxford_pets_records
 from course_utils.data.records import CLASSES, PetRecord, balanced_subset
 from course_utils.data.sources import dataset_in_use, get_records
@@ -29,11 +34,12 @@ from course_utils.data.transforms import (
     centre_crop_steps,
     denormalize,
     eval_transform,
-    normalise_steps,
+    normalize_steps,
     train_transform,
 )
 
 __all__ = [
+    "CACHE_BUDGET_BYTES",
     "CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -43,12 +49,14 @@ __all__ = [
     "CachedPetDataset",
     "DataIntegrityError",
     "DatasetUnavailable",
+    "FolderLayoutError",
     "PetDataset",
     "PetRecord",
     "SkippedImage",
     "balanced_subset",
     "bundled_records",
     "cache_side_for",
+    "capped_cache_side",
     "centre_crop_steps",
     "check_image",
     "dataset_in_use",
@@ -59,7 +67,7 @@ __all__ = [
     "get_records",
     "load_rgb",
     "make_loader",
-    "normalise_steps",
+    "normalize_steps",
     "oxford_pets_records",
     "train_transform",
     "validate_images",

@@ -14,6 +14,7 @@ from pathlib import Path
 from course_utils import config
 from course_utils.data.records import PetRecord
 from course_utils.data.splits import check_split
+from course_utils.errors import CourseError
 
 INDEX_COLUMNS: tuple[str, ...] = (
     "image",
@@ -35,7 +36,7 @@ _FIX = (
 _verified_roots: set[Path] = set()
 
 
-class DataIntegrityError(RuntimeError):
+class DataIntegrityError(CourseError):
     """A bundled file is missing or its SHA-256 differs from ``index.csv``."""
 
 

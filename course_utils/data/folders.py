@@ -11,8 +11,13 @@ from course_utils.data.images import (
     validate_images,
 )
 from course_utils.data.records import CLASSES, PetRecord
+from course_utils.errors import CourseError
 
 _CLASS_FOLDERS = tuple(f"{name}s" for name in CLASSES)  # ("cats", "dogs"), in label order
+
+
+class FolderLayoutError(CourseError, ValueError):
+    """A user folder that is missing, lacks ``cats/`` or ``dogs/``, or holds no usable image."""
 
 
 def _expected_layout(root: Path) -> str:
@@ -40,11 +45,11 @@ def folder_records(root: Path) -> tuple[list[PetRecord], list[SkippedImage]]:
 
     Sub-folders are searched recursively; hidden files are ignored; files that are not images,
     or are truncated, too small or too large, go to the skip list (see :func:`format_skipped`).
-    A wrong layout raises ``ValueError`` showing the expected one.
+    A wrong layout raises :class:`FolderLayoutError` showing the expected one.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ValueError(f"{root} is not a folder.\n{_expected_layout(root)}")
+        raise FolderLayoutError(f"{root} is not a folder.\n{_expected_layout(root)}")
     class_dirs = {name: [] for name in _CLASS_FOLDERS}
     for child in root.iterdir():
         if child.is_dir() and child.name.lower() in class_dirs:
@@ -56,7 +61,7 @@ def folder_records(root: Path) -> tuple[list[PetRecord], list[SkippedImage]]:
         if len(dirs) > 1
     ]
     if problems:
-        raise ValueError(
+        raise FolderLayoutError(
             f"{root} does not have the expected layout: {'; '.join(problems)}.\n"
             f"{_expected_layout(root)}\n{_found(root)}"
         )
@@ -79,5 +84,5 @@ def folder_records(root: Path) -> tuple[list[PetRecord], list[SkippedImage]]:
         skipped += bad
     if not records:
         searched = " or ".join(str(class_dirs[name][0]) for name in _CLASS_FOLDERS)
-        raise ValueError(f"No usable images under {searched}.\n{format_skipped(skipped)}")
+        raise FolderLayoutError(f"No usable images under {searched}.\n{format_skipped(skipped)}")
     return records, skipped

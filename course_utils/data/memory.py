@@ -9,6 +9,7 @@ keeps the pixels as uint8, so an epoch only runs the (random) transforms.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,20 +24,56 @@ from course_utils.data.dataset import PetDataset, load_record
 from course_utils.data.records import PetRecord
 from course_utils.data.transforms import TRAIN_CROP_RATIO, TRAIN_CROP_SCALE
 
+CACHE_BUDGET_BYTES = 4 * 2**30  # decoded images: leaves a 12 GB Colab runtime room for the rest
+CACHE_ASPECT = 4 / 3  # longer / shorter side assumed per image (Oxford's typical 500 x 375 px)
 
-def cache_side_for(image_size: int) -> int:
+log = logging.getLogger(__name__)
+
+
+def cache_side_for(image_size: int, crop_scale: tuple[float, float] = TRAIN_CROP_SCALE) -> int:
     """The shorter side (px) to cache images at for training at ``image_size`` px.
 
-    :func:`train_transform`'s smallest crop (35 % of the area at aspect 3:4, in a square image)
-    has a shorter side of ``sqrt(0.35 * 3/4) = 0.51`` times the image's. Caching at
-    ``image_size / 0.51`` (about 1.95 x: 250 px for 128, 438 px for 224) means that even this crop
-    is not enlarged to reach ``image_size``, so training sees every pixel of detail it would see
-    from the files; larger crops and :func:`eval_transform` (8/7 x) shrink it further. Images
-    smaller than this are cached as they are, never enlarged. The side is set by the default crop
-    scale: with a wider one (e.g. ``crop_scale=(0.08, 1.0)``) the smallest crops are enlarged
-    from the cache.
+    ``RandomResizedCrop``'s smallest crop (``crop_scale[0]`` of the area at aspect 3:4, in a
+    square image) has a shorter side of ``sqrt(crop_scale[0] * 3/4)`` times the image's: 0.51
+    for the default 35 %, 0.24 for 8 %. Caching at ``image_size`` divided by that (250 px for
+    128 px with the default scale; 523 px with ``(0.08, 1.0)``) means that even this crop is not
+    enlarged to reach ``image_size``, so training sees every pixel of detail it would see from
+    the files; larger crops and :func:`eval_transform` (8/7 x) shrink it further. Images
+    smaller than this are cached as they are, never enlarged.
     """
-    return math.ceil(image_size / math.sqrt(TRAIN_CROP_SCALE[0] * TRAIN_CROP_RATIO[0]))
+    return math.ceil(image_size / math.sqrt(crop_scale[0] * TRAIN_CROP_RATIO[0]))
+
+
+def cache_bytes_bound(side: int, n_images: int, bytes_per_pixel: int = 3) -> int:
+    """Bytes of ``n_images`` cached at most at ``side`` px shorter side, each at most
+    :data:`CACHE_ASPECT` long (``bytes_per_pixel``: 3 for RGB, 4 with masks)."""
+    return math.ceil(n_images * bytes_per_pixel * side * side * CACHE_ASPECT)
+
+
+def capped_cache_side(
+    side: int, n_images: int, budget_bytes: int = CACHE_BUDGET_BYTES, bytes_per_pixel: int = 3
+) -> int:
+    """``side``, or the largest smaller one whose :func:`cache_bytes_bound` fits the budget.
+
+    A cap is announced as a warning. Images smaller than the side are cached as they are, so
+    the bound holds whatever the files' sizes (for aspect ratios up to :data:`CACHE_ASPECT`).
+    7,349 Oxford-IIIT Pet images fit 4 GiB at 382 px; train + val (3,680) at 540 px.
+    """
+    if cache_bytes_bound(side, n_images, bytes_per_pixel) <= budget_bytes:
+        return side
+    capped = max(
+        1, math.isqrt(math.floor(budget_bytes / (n_images * bytes_per_pixel * CACHE_ASPECT)))
+    )
+    log.warning(
+        "Caching %d images at %d px (shorter side) could take %.1f GiB, over the %.1f GiB budget "
+        "for decoded images: caching at %d px instead (small crops are enlarged a little).",
+        n_images,
+        side,
+        cache_bytes_bound(side, n_images, bytes_per_pixel) / 2**30,
+        budget_bytes / 2**30,
+        capped,
+    )
+    return capped
 
 
 class CachedPetDataset(PetDataset):

@@ -16,7 +16,7 @@ TRAIN_CROP_SCALE: tuple[float, float] = (0.35, 1.0)  # fraction of the image's a
 TRAIN_CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)  # crop width / height
 
 
-def normalise_steps() -> list[v2.Transform]:
+def normalize_steps() -> list[v2.Transform]:
     """uint8 image -> float in [0, 1] -> ImageNet-normalised: the last steps of every transform."""
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
@@ -35,14 +35,14 @@ def train_transform(size: int, scale: tuple[float, float] = TRAIN_CROP_SCALE) ->
             v2.RandomResizedCrop(size, scale=scale, ratio=TRAIN_CROP_RATIO, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            *normalise_steps(),
+            *normalize_steps(),
         ]
     )
 
 
 def eval_transform(size: int) -> v2.Compose:
     """Shorter side to ``round(size * 8 / 7)`` (224 -> 256), then the central ``size`` square."""
-    return v2.Compose([*centre_crop_steps(size), *normalise_steps()])
+    return v2.Compose([*centre_crop_steps(size), *normalize_steps()])
 
 
 def denormalize(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``python -m course_utils evaluate`` and ``predict``: apply a saved checkpoint to images."""
+"""``python -m course_utils evaluate``: a checkpoint's accuracy on labelled images."""
 
 from __future__ import annotations
 
@@ -7,21 +7,17 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 
-from course_utils.checkpoints import model_from_checkpoint
-from course_utils.config import get_device
+from course_utils.cli.common import PROG, add_checkpoint, add_command, add_image_size, load_model
+from course_utils.config import display_path
 from course_utils.data import (
     CLASSES,
     PetDataset,
     PetRecord,
     bundled_records,
-    check_image,
     eval_transform,
     folder_records,
     format_skipped,
-    load_rgb,
     make_loader,
 )
 from course_utils.data.records import class_counts
@@ -30,20 +26,48 @@ from course_utils.evaluate import predict as run_model
 
 BATCH_SIZE = 32
 
+EPILOG = f"""\
+A folder given with --data must look like this (folder names in any case; images in any
+common format, at any depth):
+  my_pets/
+  ├── cats/
+  └── dogs/
+Files that are not images, or are unreadable, too small or too large, are skipped and listed.
+CSV columns: image_path, breed, mask_path (empty for your own folders), label, predicted,
+correct, p_cat, p_dog.
 
-def _load(path: str, image_size: int | None) -> tuple[nn.Module, int]:
-    """The checkpoint's model (eval mode, on ``get_device()``) and the resolution to use."""
-    device = get_device()
-    model, info = model_from_checkpoint(path, expected_num_classes=len(CLASSES), device=device)
-    trained = info.get("config", {}).get("image_size")
-    size = image_size or trained
-    if size is None:
-        raise ValueError(f"{path} does not record its training image size: add --image-size.")
-    print(
-        f"checkpoint: {path} ({info['arch']}, epoch {info.get('epoch', '?')}, trained at "
-        f"{trained or '?'} px); running at {size} px on {device}"
+examples:
+  {PROG} evaluate --checkpoint RUN/last.pt
+  {PROG} evaluate --checkpoint RUN/last.pt --data ~/my_pets --image-size 224"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` command: its options, help and epilog."""
+    parser = add_command(
+        subparsers,
+        "evaluate",
+        "measure a checkpoint's accuracy on labelled images",
+        "Evaluate a checkpoint on labelled images. Prints accuracy with a 95% bootstrap\n"
+        "interval, the confusion matrix, per-breed accuracy (when breeds are known, as in the\n"
+        "bundled set) and the path of a CSV with one row per image.",
+        EPILOG,
     )
-    return model, size
+    add_checkpoint(parser)
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder with cats/ and dogs/ sub-folders (default: the bundled test split)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="CSV",
+        help="the per-image predictions file (default: predictions-DATANAME.csv next to the "
+        "checkpoint, DATANAME = bundled-test or the folder's name); an existing file is never "
+        "overwritten: a numeric suffix is added (predictions-bundled-test-1.csv, ...) and the "
+        "path written is printed",
+    )
+    add_image_size(parser)
+    parser.set_defaults(run=run)
 
 
 def _records(data: str | None) -> tuple[list[PetRecord], str]:
@@ -54,7 +78,7 @@ def _records(data: str | None) -> tuple[list[PetRecord], str]:
         return records, "bundled-test"
     root = Path(data).expanduser()
     records, skipped = folder_records(root)
-    print(f"data: {root}: {class_counts(records)}")
+    print(f"data: {display_path(root)}: {class_counts(records)}")
     if skipped:
         print(format_skipped(skipped))
     return records, re.sub(r"[^\w.-]+", "_", root.resolve().name) or "data"
@@ -81,9 +105,9 @@ def _breed_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def evaluate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Accuracy with its interval, confusion matrix, per-breed accuracy; write the CSV."""
-    model, size = _load(args.checkpoint, args.image_size)
+    model, size = load_model(args.checkpoint, args.image_size)
     records, name = _records(args.data)
     loader = make_loader(PetDataset(records, eval_transform(size)), BATCH_SIZE, train=False)
     result = run_model(model, loader, metadata=records)
@@ -101,40 +125,5 @@ def evaluate(args: argparse.Namespace) -> int:
     csv = _unused(Path(args.output).expanduser() if args.output else default)
     csv.parent.mkdir(parents=True, exist_ok=True)
     result.to_frame(CLASSES).to_csv(csv, index=False)
-    print(f"per-image predictions ({len(records)} rows): {csv}")
-    return 0
-
-
-def _problem(path: Path) -> str | None:
-    """Why ``path`` cannot be classified, or ``None``."""
-    if not path.exists():
-        return "no such file"
-    if path.is_dir():
-        return "a folder, not an image (for a folder with cats/ and dogs/, use evaluate --data)"
-    return check_image(path)
-
-
-@torch.no_grad()
-def predict(args: argparse.Namespace) -> int:
-    """Print each image's predicted class and class probabilities, or why it was skipped.
-
-    Raises ``ValueError`` (exit code 2) when no image could be classified.
-    """
-    model, size = _load(args.checkpoint, args.image_size)
-    transform, device = eval_transform(size), next(model.parameters()).device
-    predicted = 0
-    for name in args.images:
-        path = Path(name).expanduser()
-        problem = _problem(path)
-        if problem is not None:
-            print(f"{name}: cannot classify: {problem}")
-            continue
-        probabilities = model(transform(load_rgb(path)).unsqueeze(0).to(device)).softmax(dim=1)[0]
-        shares = ", ".join(
-            f"{c} {p:.1%}" for c, p in zip(CLASSES, probabilities.tolist(), strict=True)
-        )
-        print(f"{name}: {CLASSES[int(probabilities.argmax())]} ({shares})")
-        predicted += 1
-    if predicted == 0:
-        raise ValueError(f"none of the {len(args.images)} image(s) could be classified (above).")
+    print(f"per-image predictions ({len(records)} rows): {display_path(csv)}")
     return 0
