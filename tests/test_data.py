@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import shutil
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -336,28 +338,30 @@ def test_balanced_subset_fills_from_the_larger_class() -> None:
 
 
 def test_oxford_unavailable_falls_back_to_bundled(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     attempts = []
 
-    def no_network(*args: object, **kwargs: object) -> None:
-        attempts.append(kwargs["download"])
-        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    def no_network(request: urllib.request.Request, timeout: float) -> None:
+        attempts.append(request.full_url)
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
 
-    monkeypatch.setattr(oxford_module, "OxfordIIITPet", no_network)
+    monkeypatch.setattr(oxford_module, "_failed_downloads", {})
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(DatasetUnavailable, match="no internet"):
         oxford_pets_records("train")
 
     profile = dataclasses.replace(config.get_profile("gpu"), max_images_per_split=None)
     records, source = get_records(profile, "val")
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "Full Oxford-IIIT Pet could not be downloaded" in printed
     assert "Temporary failure in name resolution" in printed
-    assert "falling back to the bundled 940-image sample" in printed
+    assert "Falling back to the bundled 940-image sample" in printed
     assert records == bundled_records("val")
     assert "fallback" in source
     assert dataset_in_use(profile) == "bundled"  # what a trained run records as its data
-    assert attempts == [True]  # a failed download is not retried in the same process
+    assert "data/pets" in source and str(config.repo_root()) not in source  # relative path
+    assert len(attempts) == 1  # a failed download is not retried at once in the process
 
 
 def make_fake_oxford(root: Path, comments: bool) -> Path:
@@ -372,11 +376,12 @@ def make_fake_oxford(root: Path, comments: bool) -> Path:
             f"{name}_{n} {bid} {species} {bid}" for name, species, bid in breeds for n in numbers
         ]
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    oxford_module.mark_complete(base)
     return base
 
 
 def test_oxford_list_files_become_records(tmp_path: Path) -> None:
-    base = make_fake_oxford(tmp_path, comments=False)  # real torchvision checks the tree
+    base = make_fake_oxford(tmp_path, comments=False)
     train = oxford_pets_records("train", root=tmp_path, download=False)
     val = oxford_pets_records("val", root=tmp_path, download=False)
     test = oxford_pets_records("test", root=tmp_path, download=False)
@@ -390,9 +395,8 @@ def test_oxford_list_files_become_records(tmp_path: Path) -> None:
     assert val == oxford_pets_records("val", root=tmp_path, download=False)  # deterministic
 
 
-def test_oxford_list_parser_skips_comments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oxford_list_parser_skips_comments(tmp_path: Path) -> None:
     make_fake_oxford(tmp_path, comments=True)
-    monkeypatch.setattr(oxford_module, "OxfordIIITPet", lambda *args, **kwargs: None)
     assert len(oxford_pets_records("test", root=tmp_path, download=False)) == 4
 
 
