@@ -7,6 +7,7 @@ On CUDA it also times the course's training loop against a bare torchvision loop
 precision and channels-last, interleaved in one run (target: within 10%).
 
     python benchmarks/bench_training_targets.py --profile cpu
+    python benchmarks/bench_training_targets.py --loops-only --amp fp16  # CUDA loops only, T4-style
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from course_utils import config, cost, data, evaluate, models, train, zoo
+from course_utils import config, data, evaluate, models, recipe, timing, train, zoo
+from course_utils.runtime import Runtime
 
 TARGETS = {"cpu": {"resnet50": (15.0, 0.78)}}  # profile -> arch -> (max minutes, min accuracy)
 
@@ -48,47 +50,53 @@ def report_runs(profile: config.Profile, archs: list[str]) -> None:
         print(line)
 
 
-def bare_step(model, optimizer, images, labels, label_smoothing: float) -> None:
-    """The reference: a plain mixed-precision, channels-last torchvision training step."""
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+def bare_step(model, optimizer, scaler, images, labels, label_smoothing: float, dtype) -> None:
+    """The reference: a plain mixed-precision, channels-last torchvision training step (with a
+    gradient scaler in fp16; a disabled scaler is a no-op in bf16)."""
+    with torch.autocast("cuda", dtype=dtype):
         loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
-def compare_loops_on_cuda(arch: str, size: int, batch: int, steps: int, rounds: int) -> None:
-    """Images/s of ``train.train_one_epoch`` vs :func:`bare_step`, interleaved round by round."""
+def compare_loops_on_cuda(
+    arch: str, size: int, batch: int, steps: int, rounds: int, amp: str = "bf16"
+) -> None:
+    """Images/s of ``train.train_one_epoch`` vs :func:`bare_step`, interleaved round by round,
+    both in ``amp`` ("bf16", or "fp16" with a GradScaler as on a T4) and channels-last."""
     device = torch.device("cuda")
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 2, (batch,), device=device)
-    cfg = train.TrainConfig(
-        arch, image_size=size, batch_size=batch, epochs=1, amp="bf16", channels_last=True
-    )
+    cfg = recipe.Recipe(arch, image_size=size, batch_size=batch, epochs=1, amp=amp)
+    dtype = recipe.autocast_dtype(amp, device)
+    runtime = Runtime(device, dtype, channels_last=True)
     loader = [(images, labels)] * steps
-    ours = train.build_model_for(cfg).to(device, memory_format=torch.channels_last)
-    ours_opt = train.make_optimizer(ours, cfg)
-    scheduler = train.make_scheduler(ours_opt, cfg, steps * (rounds + 1))
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    ours = recipe.build_model_for(cfg).to(device, memory_format=torch.channels_last).train()
+    ours_opt = recipe.make_optimizer(ours, cfg)
+    scheduler = recipe.make_scheduler(ours_opt, cfg, steps * (rounds + 1))
+    ours_scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     bare = getattr(torchvision.models, arch)(num_classes=2).to(
         device, memory_format=torch.channels_last
     )
     bare_opt = torch.optim.AdamW(bare.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bare_scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def ours_epoch() -> None:
-        train.train_one_epoch(ours, loader, ours_opt, scheduler, scaler, cfg, device)
+        train.train_one_epoch(ours, loader, ours_opt, scheduler, ours_scaler, cfg, runtime)
 
     def bare_epoch() -> None:
         for x, y in loader:
             x = x.contiguous(memory_format=torch.channels_last)
-            bare_step(bare, bare_opt, x, y, cfg.label_smoothing)
+            bare_step(bare, bare_opt, bare_scaler, x, y, cfg.label_smoothing, dtype)
 
     # round 1 warms up both; then the rounds alternate ours, bare, ours, ...
     epochs = {"ours": ours_epoch, "bare": bare_epoch}
-    times = cost.time_interleaved(epochs, device, warmup=1, repeats=rounds)
+    times = timing.time_interleaved(epochs, device, warmup=1, repeats=rounds)
     ours_rate, bare_rate = (steps * batch / statistics.median(times[n]) for n in ("ours", "bare"))
     print(
-        f"{arch:>10} on {torch.cuda.get_device_name(device)}, {size} px, batch {batch}: "
+        f"{arch:>10} on {torch.cuda.get_device_name(device)}, {size} px, batch {batch}, {amp}: "
         f"course loop {ours_rate:.0f} img/s, bare torchvision+AMP+channels-last "
         f"{bare_rate:.0f} img/s, ratio {ours_rate / bare_rate:.3f} (target >= 0.90)"
     )
@@ -102,15 +110,26 @@ def main() -> None:
     )
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--gpu-rounds", type=int, default=5)
+    parser.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default="bf16",
+        help="GPU loops: autocast dtype "
+        "(fp16 adds a GradScaler to both loops, as on a T4; default: bf16)",
+    )
+    parser.add_argument(
+        "--loops-only", action="store_true", help="skip the training runs: only the GPU loops"
+    )
     args = parser.parse_args()
     profile = config.get_profile(args.profile)
     config.print_environment(profile)
-    report_runs(profile, args.archs)
+    if not args.loops_only:
+        report_runs(profile, args.archs)
     if not torch.cuda.is_available():
         print("GPU loop target: not measured (no CUDA device on this machine).")
         return
     for arch in args.archs:
-        compare_loops_on_cuda(arch, 224, 64, args.gpu_steps, args.gpu_rounds)
+        compare_loops_on_cuda(arch, 224, 64, args.gpu_steps, args.gpu_rounds, args.amp)
 
 
 if __name__ == "__main__":
