@@ -78,7 +78,7 @@ def expected_time(profile: str, notebook: str) -> str:
         if entry:
             where = label if label == "on this machine" else f"measured on {entry['machine']}"
             return f"about {format_seconds(entry['seconds'])} ({where}, {entry['date']})"
-    return "not measured yet at this profile"
+    return "not measured yet"
 
 
 def format_seconds(seconds: float) -> str:
