@@ -10,8 +10,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from tiny import TinyNet
 from torch.utils.data import Dataset
 
 from course_utils import config
@@ -52,20 +51,6 @@ class Pictures(Dataset):
 def loaders(batch_size: int = 8):
     train_loader = make_loader(Pictures(), batch_size, train=True, seed=0, num_workers=0)
     return train_loader, make_loader(Pictures(), batch_size, train=False, num_workers=0)
-
-
-class TinyNet(nn.Module):
-    """Conv, BN, pool, ``fc``: where the architecture does not matter."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def tiny_recipe(**overrides) -> Recipe:

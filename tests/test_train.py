@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
+from tiny import TinyNet
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -59,20 +59,6 @@ def loaders(n: int = 16, batch_size: int = 8):
     train_loader = make_loader(train_set, batch_size, train=True, seed=0, num_workers=0)
     val_loader = make_loader(val_set, batch_size, train=False, num_workers=0)
     return train_loader, val_loader
-
-
-class TinyNet(nn.Module):
-    """A stand-in for a ResNet where the architecture does not matter: conv, BN, pool, ``fc``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def tiny_cfg(**overrides) -> Recipe:
