@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from course_utils.errors import CourseError
+
 PROFILE_ENV = "COURSE_PROFILE"
 DEVICE_ENV = "COURSE_DEVICE"
 DATA_DIR_ENV = "COURSE_DATA_DIR"
@@ -103,9 +105,25 @@ def get_profile(name: str | None = None) -> Profile:
 def get_device() -> torch.device:
     """CUDA when available, else CPU; ``$COURSE_DEVICE`` (e.g. ``cpu``, ``cuda:1``) overrides."""
     requested = os.environ.get(DEVICE_ENV)
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise CourseError(
+            f"${DEVICE_ENV}={requested!r} is not a device: use cpu, cuda, cuda:N or mps."
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),  # Apple silicon, macOS 12.3+
+    }
+    if not available.get(device.type, False):
+        raise CourseError(
+            f"${DEVICE_ENV}={requested!r}, but this machine's PyTorch has no {device.type} "
+            f"device. Unset {DEVICE_ENV} (CUDA when available, else the CPU) or set it to cpu."
+        )
+    return device
 
 
 def seed_everything(seed: int = DEFAULT_SEED) -> torch.Generator:

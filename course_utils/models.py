@@ -12,6 +12,7 @@ import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -237,14 +238,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
+def imagenet_weights_file(arch: str) -> Path:
+    """Where torch.hub keeps ``arch``'s ImageNet weights (``$TORCH_HOME/hub/checkpoints/...``).
+
+    The file exists once they were downloaded, or copied there on an offline machine.
+    """
+    url = ARCHITECTURES[arch].weights.url
+    return Path(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
 def _imagenet_state_dict(spec: ArchSpec) -> dict[str, Tensor]:
     """torchvision's ImageNet weights for ``spec`` (downloaded once, then cached by torch.hub)."""
     weights = spec.weights
     try:
         return weights.get_state_dict(progress=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # URLError: OSError
-        checkpoints = os.path.join(torch.hub.get_dir(), "checkpoints")
-        filename = os.path.basename(weights.url)
+        cached = imagenet_weights_file(spec.name)
         damaged = (  # a hash mismatch, or a truncated file already in the cache
             "\n(If a copy of that file is already in that folder, it is damaged: delete it.)"
             if not isinstance(error, OSError)
@@ -255,7 +264,8 @@ def _imagenet_state_dict(spec: ArchSpec) -> dict[str, Tensor]:
             f"{type(error).__name__}: {error}\n"
             "This machine seems to be offline, or the download is blocked.\n"
             "Either train from scratch (pretrained=None), which works offline, or download "
-            f"{filename} elsewhere and copy it into torch.hub's checkpoint folder: {checkpoints}"
+            f"{cached.name} elsewhere and copy it into torch.hub's checkpoint folder:"
+            f" {cached.parent}"
             f"{damaged}"
         ) from error
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from course_utils import config
+from course_utils.errors import CourseError
 
 
 def test_every_profile_is_reachable_by_name():
@@ -58,6 +59,17 @@ def test_seed_everything_makes_torch_reproducible():
 def test_device_override(monkeypatch):
     monkeypatch.setenv(config.DEVICE_ENV, "cpu")
     assert config.get_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("requested", "says"), [("gpu0", "is not a device"), ("mps", "has no mps device")]
+)
+def test_an_unusable_device_override_says_what_to_set(monkeypatch, requested, says):
+    if requested == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an MPS device")
+    monkeypatch.setenv(config.DEVICE_ENV, requested)
+    with pytest.raises(CourseError, match=says):
+        config.get_device()
 
 
 def test_paths_are_overridable(monkeypatch, tmp_path):

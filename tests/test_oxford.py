@@ -362,3 +362,23 @@ def test_capped_cache_side_keeps_the_full_set_in_budget(caplog: pytest.LogCaptur
     assert "caching at 382 px instead" in caplog.text and "4.0 GiB budget" in caplog.text
     assert memory.capped_cache_side(915, 3680) == 540  # train + val only
     assert memory.capped_cache_side(915, 100, budget_bytes=2**20) == 51
+
+
+def test_gpu_profile_on_a_cpu_machine_falls_back_and_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's command on a machine without CUDA or internet: the download fails (here:
+    a closed port on 127.0.0.1), the bundled set is announced, one short epoch trains."""
+    from course_utils.cli import main
+
+    monkeypatch.setenv(config.DEVICE_ENV, "cpu")
+    monkeypatch.setenv("CI", "1")  # no progress bars
+    argv = ["train", "--arch", "resnet18", "--profile", "gpu", "--epochs", "1"]
+    argv += ["--image-size", "64", "--batch-size", "8", "--output", str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Falling back to the bundled 940-image sample" in out
+    assert "profile: gpu" in out and "device: cpu" in out
+    assert "recipe: resnet18 scratch, 64 px, 1 epoch, batch 8" in out
+    last = Path(out.splitlines()[-1])
+    assert last == tmp_path / "run" / "last.pt" and last.is_file()

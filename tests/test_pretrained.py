@@ -72,6 +72,15 @@ def cache_weights(arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def test_imagenet_weights_file_is_where_a_download_lands(torch_home) -> None:
+    """Notebook 04 decides "fine-tune from the cache" or "from scratch" by this file."""
+    assert not models.imagenet_weights_file("resnet50").exists()
+    cache_weights("resnet50")
+    assert models.imagenet_weights_file("resnet50") == official_file("resnet50")
+    assert models.imagenet_weights_file("resnet50").is_relative_to(torch_home)
+    assert models.imagenet_weights_file("resnet50").exists()
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_imagenet_weights_load_through_torchvision_from_the_hub_cache(
     arch, torch_home, monkeypatch
