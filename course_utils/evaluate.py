@@ -8,6 +8,9 @@ Small test sets get confidence intervals (the course's honesty rule):
 - :func:`paired_difference`: two networks (or settings) scored on the same images, *first minus
   second*, with a paired bootstrap interval. Its :attr:`PairedDifference.verdict` says which side
   is higher when the interval excludes 0, and "no detectable difference" when it contains 0;
+- :func:`minimum_detectable_difference` and :func:`paired_sample_size`: what a paired test on
+  this many images can see at all (from the observed :func:`discordance`), so that "no
+  detectable difference" comes with the size of difference it rules out;
 - :func:`format_interval`: every estimate-with-interval text of the course, in one style.
 """
 
@@ -249,6 +252,45 @@ def paired_difference(
         raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
     low, high = bootstrap_ci(a - b, seed=seed, level=level)
     return PairedDifference(float((a - b).mean()), low, high, level, a.size)
+
+
+def discordance(first_correct: np.ndarray, second_correct: np.ndarray) -> float:
+    """Share of the images on which exactly one of two classifiers is right."""
+    a, b = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"Paired comparison needs the same images: {a.shape} vs {b.shape}.")
+    return float((a != b).mean())
+
+
+def paired_sample_size(
+    difference: float, discordance: float, *, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Images a paired test of two accuracies (McNemar) needs to detect ``difference`` with
+    ``power`` at two-sided level ``alpha``, when the classifiers disagree on a ``discordance``
+    share of the images (normal approximation; Connor, 1987, Biometrics 43:207-211)."""
+    d = abs(difference)
+    if not 0 < d < discordance <= 1:
+        raise ValueError(f"need 0 < |difference| < discordance <= 1: {difference}, {discordance}")
+    z_alpha, z_power = NormalDist().inv_cdf(1 - alpha / 2), NormalDist().inv_cdf(power)
+    root = z_alpha * math.sqrt(discordance) + z_power * math.sqrt(discordance - d * d)
+    return math.ceil(root**2 / d**2)
+
+
+def minimum_detectable_difference(
+    n: int, discordance: float, *, alpha: float = 0.05, power: float = 0.8
+) -> float:
+    """The smallest accuracy difference that ``n`` paired images detect with ``power`` (the
+    inverse of :func:`paired_sample_size`; ``discordance`` as there)."""
+    if n < 1 or not 0 < discordance <= 1:
+        raise ValueError(f"need n >= 1 and 0 < discordance <= 1: {n}, {discordance}")
+    low, high = 0.0, discordance
+    for _ in range(60):  # bisection: the needed images fall as the difference grows
+        middle = (low + high) / 2
+        if middle > 0 and paired_sample_size(middle, discordance, alpha=alpha, power=power) <= n:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def format_interval(

@@ -5,7 +5,8 @@ measured (``results/timings.json``; a run on this machine also lands in
 ``<artifacts>/timings.json``). While it runs, the package's progress lines ("load_or_train: ...",
 one per training epoch) reach the terminal. A failing cell is named (notebook, cell number, first
 line) and the exit code is 1. ``--in-place`` overwrites ``notebooks/`` (maintainers refreshing
-the committed outputs) and updates ``results/timings.json``.
+the committed outputs) and updates ``results/timings.json`` and ``results/verdict.json`` (the
+verdict rows the notebooks recorded, see ``course_utils.results``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_utils import config
+from course_utils import config, results
 
 REPO = config.repo_root()
 COMMITTED_TIMINGS = REPO / "results" / "timings.json"
+COMMITTED_VERDICT = REPO / "results" / results.VERDICT_FILE
 ECHOED_PREFIXES = ("load_or_train:", "epoch ", "data:", "Full Oxford-IIIT Pet")
 
 
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         write_timing(config.artifacts_dir() / "timings.json", profile, path.stem, seconds)
         if args.in_place:
             write_timing(COMMITTED_TIMINGS, profile, path.stem, seconds)
+            results.merge(results.run_file(), COMMITTED_VERDICT, profile)  # the verdict rows
         print(f"   done in {format_seconds(seconds)}", flush=True)
 
     print(f"\nExecuted notebooks: {config.display_path(out_dir)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from course_utils import evaluate
 from course_utils.data import PetRecord
 from course_utils.evaluate import (
     PairedDifference,
@@ -194,3 +196,27 @@ def test_predict_refuses_metadata_with_a_shuffling_loader():
         predict(_model(), _loader(shuffle=True), metadata=list(range(10)))
     with pytest.raises(ValueError, match="9 metadata items for 10 images"):
         predict(_model(), _loader(), metadata=list(range(9)))
+
+
+def test_paired_sample_size_matches_connor_1987() -> None:
+    # Connor's formula by hand: z = 1.96, 0.8416; discordance 0.2, difference 0.05.
+    expected = math.ceil((1.959964 * 0.2**0.5 + 0.841621 * (0.2 - 0.0025) ** 0.5) ** 2 / 0.0025)
+    assert evaluate.paired_sample_size(0.05, 0.2) == expected
+    assert evaluate.paired_sample_size(-0.05, 0.2) == expected  # the sign does not matter
+    assert evaluate.paired_sample_size(0.05, 0.2, power=0.9) > expected
+    with pytest.raises(ValueError):
+        evaluate.paired_sample_size(0.3, 0.2)  # cannot differ by more than they disagree
+
+
+def test_minimum_detectable_difference_inverts_the_sample_size() -> None:
+    mdd = evaluate.minimum_detectable_difference(218, 0.15)
+    assert 0 < mdd < 0.15
+    assert evaluate.paired_sample_size(mdd, 0.15) <= 218
+    assert evaluate.paired_sample_size(mdd * 0.98, 0.15) > 218
+    assert evaluate.minimum_detectable_difference(2000, 0.15) < mdd  # more images see less
+
+
+def test_discordance_counts_images_where_exactly_one_is_right() -> None:
+    a = np.array([1, 1, 0, 0, 1], dtype=bool)
+    b = np.array([1, 0, 1, 0, 1], dtype=bool)
+    assert evaluate.discordance(a, b) == pytest.approx(0.4)
