@@ -171,11 +171,12 @@ def artifacts_dir() -> Path:
 
 
 def display_path(path: str | Path) -> str:
-    """``path`` relative to the artifacts folder (``artifacts/...``) or the repository when it
-    lies inside one of them, else as given: outputs never show this machine's absolute paths."""
+    """``path`` relative to the artifacts folder (``artifacts/...``), the repository, or the home
+    folder (``~/...``, e.g. torch.hub's cache) when it lies inside one of them, else as given:
+    outputs never show this machine's absolute paths."""
     path = Path(path)
     resolved = path.expanduser().resolve()
-    for base, label in ((artifacts_dir(), "artifacts"), (repo_root(), "")):
+    for base, label in ((artifacts_dir(), "artifacts"), (repo_root(), ""), (Path.home(), "~")):
         try:
             relative = resolved.relative_to(base.resolve())
         except ValueError:

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from course_utils.config import display_path
 from course_utils.errors import CourseError
 
 __all__ = [
@@ -265,7 +266,7 @@ def _imagenet_state_dict(spec: ArchSpec) -> dict[str, Tensor]:
             "This machine seems to be offline, or the download is blocked.\n"
             "Either train from scratch (pretrained=None), which works offline, or download "
             f"{cached.name} elsewhere and copy it into torch.hub's checkpoint folder:"
-            f" {cached.parent}"
+            f" {display_path(cached.parent)}"
             f"{damaged}"
         ) from error
 

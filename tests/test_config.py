@@ -108,6 +108,7 @@ def test_paths_are_shown_relative_to_the_artifacts_or_the_repository(monkeypatch
     assert config.display_path(tmp_path / "art" / "checkpoints" / "x") == "artifacts/checkpoints/x"
     assert config.display_path(config.repo_root() / "data" / "pets") == "data/pets"
     assert config.display_path(Path("/somewhere/else")) == "/somewhere/else"
+    assert config.display_path(Path.home() / ".cache" / "torch") == "~/.cache/torch"
 
 
 def test_setup_logging_shows_the_package_lines_once(capsys):
