@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from course_utils import models
+from course_utils import config, models
 from course_utils.errors import CourseError
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -207,7 +207,7 @@ def test_pretrained_offline_raises_a_helpful_error(
     assert weights.url in message
     assert "offline" in message
     assert "pretrained=None" in message
-    assert os.path.join(torch.hub.get_dir(), "checkpoints") in message
+    assert config.display_path(Path(torch.hub.get_dir(), "checkpoints")) in message
     assert ("damaged" in message) == isinstance(error, RuntimeError)  # hash mismatch: delete it
     assert excinfo.value.__cause__ is error
     assert isinstance(excinfo.value, CourseError)  # the command line prints it as a user error
