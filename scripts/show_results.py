@@ -19,6 +19,9 @@ sys.path.insert(0, str(REPO))
 
 from course_utils import results  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+from run_notebooks import format_seconds  # noqa: E402
+
 README = REPO / "README.md"
 VERDICT = REPO / "results" / results.VERDICT_FILE
 TIMINGS = REPO / "results" / "timings.json"
@@ -45,8 +48,7 @@ def render_timings(timings: dict[str, dict[str, object]]) -> str:
         return "_No timings recorded yet._"
     lines = ["| notebook | time (`cpu` profile) | measured on |", "|---|---|---|"]
     for notebook, entry in sorted(timings.items()):
-        seconds = float(entry["seconds"])
-        took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+        took = format_seconds(float(entry["seconds"]))
         lines.append(f"| {notebook} | {took} | {entry['machine']}, {entry['date']} |")
     return "\n".join(lines)
 
