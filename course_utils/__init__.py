@@ -8,4 +8,7 @@ full download, user folders, transforms, in-memory cache), ``models`` (from-scra
 (``python -m course_utils train | evaluate | predict``).
 """
 
+from course_utils.safety import warn_about_vulnerable_versions
+
 __version__ = "0.1.0"
+warn_about_vulnerable_versions()  # torch and Pillow below their fixed releases: say so

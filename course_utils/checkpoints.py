@@ -28,6 +28,13 @@ from course_utils.errors import CourseError
 # 2: "config" became "recipe" (without channels_last), "runtime" added.
 CHECKPOINT_FORMAT = "course_utils.checkpoint/2"
 _FORMAT_PREFIX = "course_utils.checkpoint/"
+# How torch's weights-only unpickler says that a file holds code (a function, a class, a call);
+# anything else it rejects (an unknown opcode, a stray byte) is a damaged file.
+_CODE_OBJECT = re.compile(
+    r"GLOBAL \S+|call reduce for|create new object for|Can only build", re.IGNORECASE
+)
+_GLOBAL = re.compile(r"GLOBAL (\S+)")
+_TORCH_ADVICE = re.compile(r"weights_only|file an issue|can still be loaded|documentation of torch")
 
 
 class CheckpointError(CourseError):
@@ -90,8 +97,9 @@ def load_checkpoint(
     """Load a course checkpoint safely (``weights_only=True``) and check what it holds.
 
     Raises :class:`CheckpointNotFound` for a missing file, :class:`CheckpointError` for a file
-    that is corrupt, holds pickled Python objects, is not a course checkpoint (or one of another
-    format version), or was saved for another architecture or class count than
+    that is truncated or corrupt, holds code objects (pickled functions or classes: it may be
+    malicious, and nothing in it runs), is not a course checkpoint (or one of another format
+    version), or was saved for another architecture or class count than
     ``expected_arch`` / ``expected_num_classes``.
     """
     path = Path(path).expanduser()
@@ -100,31 +108,39 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe is None:
-            raise CheckpointError(
-                f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                f"{_first_reason(error)}"
-            ) from error
+        if _CODE_OBJECT.search(str(error)) is None:
+            raise _unreadable(path, _specific_reason(error)) from error
+        named = _GLOBAL.search(str(error))
+        what = f"code objects ({named.group(1)})" if named else "code objects"
         raise CheckpointError(
-            f"Refusing to load {path}: it contains a pickled Python object ({unsafe.group(1)}), "
-            "which could run code when loaded, so torch.load(weights_only=True) rejects it. "
-            "Course checkpoints hold only tensors and plain values. Load it with "
-            "weights_only=False only if you trust whoever made it."
+            f"Refusing to load {path}: it holds {what}, which run code when unpickled, so it may "
+            "be malicious. torch.load(weights_only=True) refused it before anything ran. Course "
+            "checkpoints hold only tensors and plain values: use one written by the train command "
+            "or load_or_train, and do not open this file by any other means."
         ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {error}"
-        ) from error
+        raise _unreadable(path, _specific_reason(error)) from error
     _check_contents(path, state, expected_arch, expected_num_classes)
     return state
 
 
-def _first_reason(error: Exception) -> str:
-    """The specific line of torch's long weights-only message (e.g. ``Unsupported operand 110``)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    specific = [line for line in lines if line.startswith("Unsupported")]
-    return (specific or lines or [type(error).__name__])[0]
+def _unreadable(path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}"
+    )
+
+
+def _specific_reason(error: Exception) -> str:
+    """The specific part of torch's long weights-only message (e.g. ``Unsupported operand 110``).
+
+    torch's advice around it (loading with other arguments, filing an issue) is left out.
+    """
+    for line in str(error).splitlines():
+        reason = line.rpartition("WeightsUnpickler error:")[2].strip()
+        reason = reason.removeprefix("Weights only load failed.").strip()
+        if reason and not _TORCH_ADVICE.search(reason):
+            return reason
+    return type(error).__name__
 
 
 def _nearby(path: Path) -> str:

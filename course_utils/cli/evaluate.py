@@ -32,7 +32,10 @@ common format, at any depth):
   my_pets/
   ├── cats/
   └── dogs/
-Files that are not images, or are unreadable, too small or too large, are skipped and listed.
+Hidden files are ignored; anything else in cats/ and dogs/ that is not a usable image is skipped
+and listed with its reason (other file types; broken links, empty, truncated or corrupt files;
+images too small, too large or decompression bombs; folders named like images), and the others
+are evaluated. An animated GIF or WebP counts by its first frame.
 CSV columns: image_path, breed, mask_path (empty for your own folders), label, predicted,
 correct, p_cat, p_dog.
 

@@ -13,7 +13,9 @@ from course_utils.errors import CourseError
 
 EPILOG = f"""\
 Output: one line per image, e.g. "tom.jpg: cat (cat 93.1%, dog 6.9%)"; a file that cannot be
-classified (missing, not an image, corrupt, too small or too large) gets a line saying why.
+classified (missing, a broken link, empty, not a JPEG, PNG, WebP, BMP, GIF or TIFF image,
+truncated or corrupt, too small, too large or a decompression bomb) gets a line saying why, and
+the others are still classified. An animated GIF or WebP is classified by its first frame.
 Exit code 0 when at least one image was classified, 2 when none could be.
 
 example:
@@ -37,8 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _problem(path: Path) -> str | None:
     """Why ``path`` cannot be classified, or ``None``."""
-    if not path.exists():
-        return "no such file"
     if path.is_dir():
         return "a folder, not an image (for a folder with cats/ and dogs/, use evaluate --data)"
     return check_image(path)
@@ -67,4 +67,6 @@ def run(args: argparse.Namespace) -> int:
         predicted += 1
     if predicted == 0:
         raise CourseError(f"none of the {len(args.images)} image(s) could be classified (above).")
+    if predicted < len(args.images):
+        print(f"classified {predicted} of {len(args.images)} files; the others are listed above.")
     return 0
