@@ -8,6 +8,10 @@ the run folder (:class:`course_utils.runs.RunFolder`: ``last.pt``, ``best.pt``, 
 An interrupted run continues with ``fit(..., resume=True)`` and ends with the same weights as an
 uninterrupted one (bit for bit on the CPU with ``num_workers=0``; ``tests/test_train.py``), also
 when it is resumed with other runtime settings (another device, channels-last on or off).
+
+Launched by ``torchrun``, with a process group joined (:func:`course_utils.distributed.
+process_group`), the same :func:`fit` trains with ``DistributedDataParallel``: the batch size is
+the global batch, rank 0 validates and writes the run folder (see :mod:`course_utils.distributed`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
+from course_utils import distributed
 from course_utils.checkpoints import capture_rng_state, restore_rng_state
 from course_utils.config import display_path, seed_everything, under_ci
 from course_utils.evaluate import predict, split_batch
@@ -37,6 +43,11 @@ from course_utils.runtime import Runtime, peak_memory_mb, peak_memory_measure
 log = logging.getLogger(__name__)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s shuffle: distinct for every (seed, epoch < 10,000)."""
+    return seed * 10_000 + epoch
+
+
 def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make the epoch's shuffle and worker seeds depend on ``(seed, epoch)`` only.
 
@@ -45,11 +56,10 @@ def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     is called where it exists (``DistributedSampler``). Persistent workers keep their RNG across
     epochs, so their random augmentations do not restart exactly after a resume.
     """
-    epoch_seed = seed * 10_000 + epoch  # distinct for every (seed, epoch < 10,000)
     if loader.generator is not None:
-        loader.generator.manual_seed(epoch_seed)
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
     if isinstance(loader.sampler, RandomSampler):
-        loader.sampler.generator = torch.Generator().manual_seed(epoch_seed)
+        loader.sampler.generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     set_epoch = getattr(loader.sampler, "set_epoch", None)
     if callable(set_epoch):
         set_epoch(epoch)
@@ -83,8 +93,12 @@ def train_one_epoch(
     *,
     show_progress: bool = False,
     description: str = "train",
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: forward, loss, backward, (clip), step, schedule per batch.
+
+    ``after_step`` is called after every optimiser step with the run's step count so far (the
+    scheduler's; fault injection uses it).
 
     Returns ``train_loss`` and ``train_acc`` (averaged over the images seen; the loss includes
     label smoothing), ``images_per_s``, ``train_seconds`` and ``data_wait_s`` (the part of it
@@ -112,6 +126,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if after_step is not None:
+            after_step(scheduler.last_epoch)
         seen += labels.numel()
         loss_sum += loss.detach().float() * labels.numel()
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -143,6 +159,7 @@ class _Run:
     recipe: Recipe
     runtime: Runtime
     history: History
+    launch: distributed.Launch | None  # None: a single process
 
     def restore(self, state: ResumableCheckpoint) -> int:
         """Load ``last.pt``'s state (weights, optimiser, ..., history, RNGs); return its epoch."""
@@ -179,17 +196,25 @@ class _Run:
 def _run_epoch(
     run: _Run, train_loader: DataLoader, val_loader: DataLoader, epoch: int, bars: bool
 ) -> dict[str, Any]:
-    """Train one epoch, validate, and return the epoch's history record."""
-    recipe, runtime = run.recipe, run.runtime
+    """Train one epoch, validate, and return the epoch's history record.
+
+    With several processes each trains its share, rank 0 alone validates, and every process
+    returns rank 0's record.
+    """
+    recipe, runtime, launch = run.recipe, run.runtime, run.launch
     start = time.perf_counter()
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
-    set_loader_epoch(train_loader, recipe.seed, epoch)
+    if launch is None:
+        set_loader_epoch(train_loader, recipe.seed, epoch)
+    else:
+        distributed.seed_epoch(train_loader, recipe.seed, epoch, launch.rank)
     set_loader_epoch(val_loader, recipe.seed, epoch)
     head_only = _train_only_head(run.model, recipe, epoch)
     _set_train_mode(run.model, head_only)
+    trained = run.model if launch is None else distributed.wrap(run.model, runtime.device)
     train_stats = train_one_epoch(
-        run.model,
+        trained,
         train_loader,
         run.optimizer,
         run.scheduler,
@@ -198,7 +223,12 @@ def _run_epoch(
         runtime,
         show_progress=bars,
         description=f"epoch {epoch + 1}/{recipe.epochs}" + (" (head only)" if head_only else ""),
+        after_step=None if launch is None else distributed.fault_injector(launch),
     )
+    if launch is not None:
+        train_stats = distributed.combine_train_stats(train_stats, runtime.device)
+        if not launch.is_main:
+            return distributed.from_main({})
     val = predict(
         run.model,
         val_loader,
@@ -207,7 +237,7 @@ def _run_epoch(
         channels_last=runtime.channels_last,
     )
     val_loss = F.cross_entropy(val.logits, val.labels, label_smoothing=recipe.label_smoothing)
-    return {
+    record = {
         "epoch": epoch + 1,
         **train_stats,
         "val_loss": val_loss.item(),
@@ -216,6 +246,7 @@ def _run_epoch(
         "epoch_seconds": time.perf_counter() - start,
         "peak_memory_mb": peak_memory_mb(runtime.device),
     }
+    return record if launch is None else distributed.from_main(record)
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
@@ -241,6 +272,7 @@ def fit(
     progress: bool = True,
     runtime: Runtime | None = None,
     meta: dict[str, Any] | None = None,
+    sync_batchnorm: bool = False,
 ) -> History:
     """Train ``model`` as ``recipe`` says, saving the run folder ``checkpoint_dir`` every epoch.
 
@@ -262,12 +294,27 @@ def fit(
     - ``progress``: tqdm bars (quiet with ``$CI`` set) and one log line per epoch (logger
       ``course_utils.train``, INFO); ``progress=False`` shows neither.
     - ``meta`` (plain values: profile, data source, class names...) is stored in every checkpoint.
+    - In a process group (``torchrun``; :mod:`course_utils.distributed`): data-parallel training,
+      ``train_loader``'s batch size being the global batch; rank 0 validates, logs and writes
+      (``meta`` gains the launch under ``"distributed"``); every process returns the history.
+      ``sync_batchnorm`` (CUDA only) makes BatchNorm normalise over the global batch.
 
     Returns the :class:`History`; the model ends on the runtime's device with its final weights.
     """
     folder = RunFolder(Path(checkpoint_dir))
     runtime = runtime or Runtime.resolve(recipe)
-    folder.prepare(resume=resume, overwrite=overwrite)
+    if sync_batchnorm:
+        model = distributed.sync_batchnorm(model, runtime.device)
+    launch = distributed.current()
+    main = launch is None or launch.is_main
+    if main:
+        folder.prepare(resume=resume, overwrite=overwrite)
+    if launch is not None:
+        distributed.barrier()  # the folder is ready (an old run moved aside) before anyone reads it
+        train_loader = distributed.shard_loader(train_loader, launch, epoch_seed(recipe.seed, 0))
+        launch_meta = {**launch.describe(), "sync_batchnorm": sync_batchnorm}
+        meta = {**(meta or {}), distributed.META_KEY: launch_meta}
+        progress = progress and launch.is_main
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(model, recipe)
     run = _Run(
@@ -280,12 +327,15 @@ def fit(
         history=History(
             recipe=recipe.to_dict(), memory_measure=peak_memory_measure(runtime.device)
         ),
+        launch=launch,
     )
     if resume and folder.holds_run():
         start_epoch = run.restore(folder.load_for_resume(recipe))
     else:
         start_epoch = 0
         seed_everything(recipe.seed)
+    if launch is not None:
+        distributed.check_same_everywhere(start_epoch, "the epoch to start from")
     bars = progress and not under_ci()
     epoch_bar = tqdm(total=recipe.epochs, initial=start_epoch, desc=recipe.arch, disable=not bars)
     try:
@@ -294,7 +344,10 @@ def fit(
             record = _run_epoch(run, train_loader, val_loader, epoch, bars)
             run.history.records.append(record)
             improved = previous_best is None or record["val_acc"] > previous_best["val_acc"]
-            folder.save_epoch(run.checkpoint(meta or {}), run.history, improved=improved)
+            if main:
+                folder.save_epoch(run.checkpoint(meta or {}), run.history, improved=improved)
+            if launch is not None:
+                distributed.barrier()  # nobody runs ahead (or fails) while rank 0 writes
             epoch_bar.update()
             if progress:
                 log.info(_epoch_line(record, recipe.epochs))

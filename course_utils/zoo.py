@@ -170,12 +170,13 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    sync_batchnorm: bool = False,
 ) -> tuple[nn.Module, History]:
     """Train ``recipe`` on the profile's data into ``folder``; return the model in eval mode.
 
     ``data`` defaults to :func:`training_data`; ``runtime`` to :meth:`Runtime.resolve`.
     ``resume`` and ``overwrite`` are :func:`course_utils.train.fit`'s (the command line's
-    ``--resume`` / ``--force``).
+    ``--resume`` / ``--force``), and so is ``sync_batchnorm`` (``--sync-bn``).
     """
     data = data or training_data(recipe, profile)
     runtime = runtime or Runtime.resolve(recipe)
@@ -216,5 +217,6 @@ def train_run(
         progress=progress,
         runtime=runtime,
         meta=meta,
+        sync_batchnorm=sync_batchnorm,
     )
     return model.eval(), history
