@@ -13,6 +13,7 @@ field) are in :mod:`course_utils.cost`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -75,30 +76,41 @@ def train_step(
     device: torch.device | str,
     *,
     lr: float = 0.01,
+    autocast: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> Callable[[], object]:
     """A zero-argument callable running one training step on a fixed random batch.
 
     One step = forward, cross-entropy against random labels, backward, SGD (momentum 0.9) update.
     It trains a **copy** of ``model`` on ``device``, so the model passed in keeps its weights.
+    ``autocast`` (e.g. ``torch.bfloat16``) runs forward and loss in mixed precision, fp16 with a
+    gradient scaler; ``channels_last`` stores the copy and the batch in NHWC.
     """
     device = torch.device(device)
-    model = copy.deepcopy(model).to(device).train()
-    images = _random_images(input_size, batch_size, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = copy.deepcopy(model).to(device, memory_format=memory_format).train()
+    images = _random_images(input_size, batch_size, device).contiguous(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast == torch.float16)
+    precision = (
+        torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    )
     loss_fn = nn.CrossEntropyLoss()
     labels: torch.Tensor | None = None
 
     def step() -> object:
         nonlocal labels
         optimizer.zero_grad(set_to_none=True)
-        logits = model(images)
-        if labels is None:  # as many classes as the model has outputs
-            generator = torch.Generator().manual_seed(0)
-            labels = torch.randint(logits.shape[1], (batch_size,), generator=generator)
-            labels = labels.to(device)
-        loss = loss_fn(logits, labels)
-        loss.backward()
-        optimizer.step()
+        with precision:
+            logits = model(images)
+            if labels is None:  # as many classes as the model has outputs
+                generator = torch.Generator().manual_seed(0)
+                labels = torch.randint(logits.shape[1], (batch_size,), generator=generator)
+                labels = labels.to(device)
+            loss = loss_fn(logits, labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         return loss
 
     return step

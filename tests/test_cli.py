@@ -184,7 +184,7 @@ def test_missing_or_foreign_checkpoint_is_a_clear_error(command, pets, capsys):
         assert code == 2 and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench"])
 def test_every_command_has_complete_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
