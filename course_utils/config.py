@@ -147,9 +147,14 @@ def default_num_workers() -> int:
     return max(0, min(8, (cores or 1) - 1))
 
 
-def under_ci() -> bool:
-    """True when ``$CI`` is set: progress bars stay off there, so logs stay readable."""
-    return bool(os.environ.get("CI"))
+QUIET_PROGRESS_ENV = "COURSE_QUIET_PROGRESS"
+
+
+def progress_bars_off() -> bool:
+    """True when nobody watches the bars: under CI (``$CI``), or in a headless notebook run
+    (``$COURSE_QUIET_PROGRESS``, set by ``scripts/run_notebooks.py``), where a bar would be
+    saved frozen at 0 % in the executed notebook. Logs stay readable either way."""
+    return bool(os.environ.get("CI") or os.environ.get(QUIET_PROGRESS_ENV))
 
 
 def repo_root() -> Path:

@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from course_utils.config import under_ci
+from course_utils.config import progress_bars_off
 from course_utils.data import (
     CachedPetDataset,
     PetDataset,
@@ -189,7 +189,9 @@ def evaluate_at_scales(
     """
     images = decode_once(records_or_dataset)
     rows = []
-    for size in tqdm(sizes, desc=f"{mode} sizes", leave=False, disable=not progress or under_ci()):
+    for size in tqdm(
+        sizes, desc=f"{mode} sizes", leave=False, disable=not progress or progress_bars_off()
+    ):
         out = run_transformed(model, images, size_transform(int(size), mode), batch_size=batch_size)
         rows.append({"size": int(size), "mode": mode, "pixels": out.pixels, **result_row(out)})
     return pd.DataFrame(rows)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from course_utils import distributed
 from course_utils.checkpoints import capture_rng_state, restore_rng_state
-from course_utils.config import display_path, seed_everything, under_ci
+from course_utils.config import display_path, progress_bars_off, seed_everything
 from course_utils.evaluate import predict, split_batch
 from course_utils.models import unwrap_model
 from course_utils.recipe import Recipe, head_only_epochs, make_optimizer, make_scheduler
@@ -336,7 +336,7 @@ def fit(
         seed_everything(recipe.seed)
     if launch is not None:
         distributed.check_same_everywhere(start_epoch, "the epoch to start from")
-    bars = progress and not under_ci()
+    bars = progress and not progress_bars_off()
     epoch_bar = tqdm(total=recipe.epochs, initial=start_epoch, desc=recipe.arch, disable=not bars)
     try:
         for epoch in range(start_epoch, recipe.epochs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NN", help="run these, e.g. --only 04 05")
     args = parser.parse_args(argv)
 
+    os.environ[config.QUIET_PROGRESS_ENV] = "1"  # kernels inherit it: no bars frozen at 0 %
     profile = config.get_profile().name
     notebooks = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.only:

@@ -19,7 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
-from course_utils.config import under_ci
+from course_utils.config import progress_bars_off
 from course_utils.data.dataset import PetDataset, load_record
 from course_utils.data.records import PetRecord
 from course_utils.data.transforms import TRAIN_CROP_RATIO, TRAIN_CROP_SCALE
@@ -101,7 +101,9 @@ class CachedPetDataset(PetDataset):
         shapes: list[tuple[int, int]] = []
         images: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
-        for record in tqdm(self.records, desc="decoding images", leave=False, disable=under_ci()):
+        for record in tqdm(
+            self.records, desc="decoding images", leave=False, disable=progress_bars_off()
+        ):
             image, mask = load_record(record, with_mask)
             if cache_side is not None and min(image.shape[-2:]) > cache_side:
                 image = F.resize(image, [cache_side], antialias=True)

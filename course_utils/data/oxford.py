@@ -119,7 +119,7 @@ def _download(url: str, md5: str, target: Path, timeout: float) -> None:
                 unit_scale=True,
                 desc=target.name,
                 leave=False,
-                disable=config.under_ci(),
+                disable=config.progress_bars_off(),
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     file.write(chunk)
