@@ -7,24 +7,11 @@ each call; all settings of a network are interleaved in the same rounds
 alike. A speed-up is the **per-round** ratio fp32 time / setting time, reported as its median and
 10th-90th percentiles, so its spread is visible next to it.
 
-The settings (:data:`SETTINGS`), each changing one thing from the baseline:
-
-- ``fp32``: eager, NCHW, ``torch.no_grad()`` (the baseline every ratio is taken against);
-- ``inference_mode``: the same under ``torch.inference_mode()`` (no autograd bookkeeping at all);
-- ``channels_last``: weights and images in NHWC, which convolution kernels often prefer;
-- ``bf16`` / ``fp16``: autocast (mixed precision); fp16 only on CUDA. A CPU without bf16 in
-  hardware (AVX-512-BF16, AMX) emulates it and may be *slower*: the table just shows the ratio;
-- ``compile``: ``torch.compile`` (inductor; needs a C++ compiler; its cache goes to
-  ``<artifacts>/inductor`` unless ``$TORCHINDUCTOR_CACHE_DIR`` is set);
-- ``int8``: post-training static quantization on the CPU, calibrated on sample images: torchao's
-  PT2E flow when torchao is installed, else FX graph mode (``prepare_fx``/``convert_fx``,
-  deprecated in recent PyTorch; its warnings are recorded in the setting's note, not shown).
-
-A setting that cannot run here (fp16 on a CPU, int8 on CUDA, compile without a compiler) is kept
-as a row ``skipped: <reason>``. :func:`prediction_agreement` compares a setting's softmax with
-fp32's on the same images: when no probability moves by more than ``tolerance``, the top class
-can only change where fp32's top-two margin is below ``2 * tolerance``. :func:`recommend` names
-the fastest setting that agrees, in a sentence built from the measurements.
+What each setting is, how it is prepared and when it agrees with fp32 live in
+:mod:`course_utils.inference_settings`; peak memory per setting (a fresh process each) in
+:mod:`course_utils.peak_memory`; both are re-exported here. A setting that cannot run here is
+kept as a row ``skipped: <reason>``. :func:`recommend` names the fastest setting that agrees, in
+a sentence built from the measurements.
 
 For reference (not a measurement of this course): published GPU throughput tables put
 ResNet-101 at about 0.61-0.65 of ResNet-50's images/s, for 1.91x its multiply-accumulates
@@ -34,19 +21,9 @@ ResNet-101 at about 0.61-0.65 of ResNet-50's images/s, for 1.91x its multiply-ac
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,12 +31,26 @@ import torch
 from torch import nn
 
 from course_utils import timing
-from course_utils.config import artifacts_dir
-from course_utils.runtime import peak_memory_mb
+from course_utils.inference_settings import (
+    AGREEMENT_TOLERANCE,
+    AUTOCAST_DTYPES,
+    BASELINE,
+    INDUCTOR_CACHE_ENV,
+    SETTINGS,
+    Agreement,
+    Runner,
+    SettingUnavailable,
+    logits_agreement,
+    prediction_agreement,
+    prepare,
+    use_artifacts_inductor_cache,
+)
+from course_utils.peak_memory import memory_measure, peak_memory
 
 __all__ = [
     "AGREEMENT_TOLERANCE",
     "BASELINE",
+    "INDUCTOR_CACHE_ENV",
     "SETTINGS",
     "TRAIN_SETTINGS",
     "Agreement",
@@ -79,253 +70,10 @@ __all__ = [
     "results_frame",
     "summary_table",
     "training_throughput",
+    "use_artifacts_inductor_cache",
 ]
 
-SETTINGS: tuple[str, ...] = (
-    "fp32",
-    "inference_mode",
-    "channels_last",
-    "bf16",
-    "fp16",
-    "compile",
-    "int8",
-)
-BASELINE = "fp32"
 TRAIN_SETTINGS: tuple[str, ...] = ("fp32", "channels_last", "bf16", "fp16")
-# A setting "agrees" with fp32 when no softmax probability of any image moves by more than this.
-AGREEMENT_TOLERANCE = 0.05
-INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class SettingUnavailable(Exception):
-    """A setting cannot run on this machine; ``str(error)`` is the reason shown in the table."""
-
-
-@dataclass(frozen=True)
-class Runner:
-    """A prepared setting: ``forward(images)`` returns fp32 logits on ``device``.
-
-    ``inputs(images)`` moves a batch to the device and memory format the setting wants, once,
-    outside the timed call; ``note`` says how it was prepared (e.g. which int8 flow).
-    """
-
-    name: str
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    device: torch.device
-    memory_format: torch.memory_format = torch.contiguous_format
-    note: str = ""
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device).contiguous(memory_format=self.memory_format)
-
-    def step(self, images: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """A zero-argument callable: one forward pass on ``images`` (converted once, here)."""
-        batch = self.inputs(images)
-        return lambda: self.forward(batch)
-
-
-def _no_grad_forward(
-    model: nn.Module, precision: contextlib.AbstractContextManager | None = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    context = precision or contextlib.nullcontext()
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), context:
-            return model(images).float()
-
-    return forward
-
-
-def _inference_mode_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(images).float()
-
-    return forward
-
-
-def _has_compiler() -> bool:
-    return any(shutil.which(name) for name in (os.environ.get("CXX", "c++"), "g++", "clang++"))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
-
-
-def _use_artifacts_inductor_cache() -> None:
-    """Point inductor's cache at ``<artifacts>/inductor`` unless the user chose a folder.
-
-    Importing parts of torch already sets ``$TORCHINDUCTOR_CACHE_DIR`` to torch's default (a
-    temporary folder), so "chosen" means: set to anything else.
-    """
-    try:
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    except ImportError:  # torch moved it: only an unset variable counts as "not chosen"
-        default = None
-    else:
-        default = os.path.abspath(default_cache_dir())
-    current = os.environ.get(INDUCTOR_CACHE_ENV)
-    if current is None or os.path.abspath(current) == default:
-        os.environ[INDUCTOR_CACHE_ENV] = str(artifacts_dir() / "inductor")
-
-
-def _compiled(model: nn.Module, example: torch.Tensor) -> Runner:
-    """``torch.compile(model)``, compiled now (on ``example``) so that a failure is a skip."""
-    if not _has_compiler():
-        raise SettingUnavailable("torch.compile needs a C++ compiler (none found on PATH)")
-    _use_artifacts_inductor_cache()
-    device = example.device
-    forward = _no_grad_forward(torch.compile(model))
-    try:
-        forward(example)
-    except Exception as error:  # inductor fails in many ways: missing headers, triton, ...
-        raise SettingUnavailable(f"torch.compile failed: {_first_line(error)}") from error
-    return Runner(
-        "compile", forward, device, note=f"inductor cache: {os.environ[INDUCTOR_CACHE_ENV]}"
-    )
-
-
-def _calibrate(model: nn.Module, calibration: torch.Tensor, batch_size: int = 32) -> None:
-    with torch.no_grad():
-        for batch in calibration.split(batch_size):
-            model(batch)
-
-
-def _int8_pt2e(model: nn.Module, calibration: torch.Tensor, example: torch.Tensor) -> Runner:
-    """torchao's PT2E static quantization for x86, lowered by ``torch.compile``."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
-
-    exported = torch.export.export(model, (calibration[:1],)).module()
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
-    _calibrate(prepared, calibration)
-    runner = _compiled(convert_pt2e(prepared), example)
-    return Runner("int8", runner.forward, runner.device, note="torchao PT2E + inductor")
-
-
-def _int8_fx(model: nn.Module, calibration: torch.Tensor) -> Runner:
-    """FX graph mode static quantization (x86 backend, else fbgemm); warnings go to the note."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        engines = torch.backends.quantized.supported_engines
-        engine = "x86" if "x86" in engines else "fbgemm"
-        if engine not in engines:
-            raise SettingUnavailable(f"no x86/fbgemm quantized engine (have: {engines})")
-        torch.backends.quantized.engine = engine
-        prepared = prepare_fx(model, get_default_qconfig_mapping(engine), (calibration[:1],))
-        _calibrate(prepared, calibration)
-        quantized = convert_fx(prepared)
-    deprecated = sorted(
-        {str(w.message).split(".")[0] for w in caught if "deprecat" in str(w.message)}
-    )
-    note = f"FX graph mode, {engine} engine"
-    if deprecated:
-        note += f"; {len(deprecated)} deprecation warning(s), e.g. {deprecated[0]!r}"
-    return Runner("int8", _no_grad_forward(quantized), calibration.device, note=note)
-
-
-def _int8(model: nn.Module, calibration: torch.Tensor, example: torch.Tensor) -> Runner:
-    if calibration.device.type != "cpu":
-        raise SettingUnavailable("int8 static quantization runs on the CPU only")
-    failures = []
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        failures.append("torchao PT2E: torchao not installed")
-    else:
-        try:
-            return _int8_pt2e(model, calibration, example)
-        except Exception as error:  # fall back to FX graph mode
-            failures.append(f"torchao PT2E: {_first_line(error)}")
-    try:
-        return _int8_fx(model, calibration)
-    except (ImportError, RuntimeError, NotImplementedError, AttributeError) as error:
-        failures.append(f"FX graph mode: {_first_line(error)}")
-        raise SettingUnavailable("; ".join(failures)) from error
-
-
-def prepare(
-    model: nn.Module,
-    setting: str,
-    example: torch.Tensor,
-    *,
-    calibration: torch.Tensor | None = None,
-    inplace: bool = False,
-) -> Runner:
-    """Prepare ``model`` (eval mode) for ``setting`` on ``example``'s device.
-
-    ``example`` (a batch of normalised images on the device, shaped like the batches to come)
-    is what ``compile`` compiles on now; ``calibration`` (default ``example``) calibrates int8.
-    The model must already sit on that device. Settings that convert weights (channels_last,
-    int8) work on a copy unless ``inplace``. Raises :class:`SettingUnavailable` with the reason
-    when the setting cannot run here.
-    """
-    if setting not in SETTINGS:
-        raise ValueError(f"Unknown setting {setting!r}. Valid settings: {', '.join(SETTINGS)}")
-    device = example.device
-    model.eval()
-    if setting == "fp32":
-        return Runner(setting, _no_grad_forward(model), device)
-    if setting == "inference_mode":
-        return Runner(setting, _inference_mode_forward(model), device)
-    if setting == "compile":
-        return _compiled(model, example)
-    if setting in _AUTOCAST:
-        if setting == "fp16" and device.type != "cuda":
-            raise SettingUnavailable("fp16 autocast is a CUDA setting (on a CPU, use bf16)")
-        precision = torch.autocast(device.type, dtype=_AUTOCAST[setting])
-        return Runner(setting, _no_grad_forward(model, precision), device)
-    owned = model if inplace else copy.deepcopy(model)
-    if setting == "channels_last":
-        owned.to(memory_format=torch.channels_last)
-        return Runner(setting, _no_grad_forward(owned), device, torch.channels_last)
-    return _int8(owned, example if calibration is None else calibration, example)
-
-
-@dataclass(frozen=True)
-class Agreement:
-    """How close a setting's predictions are to fp32's on the same ``n`` images."""
-
-    top1: float  # fraction of images with the same top class as fp32
-    max_softmax_diff: float  # largest |p_setting - p_fp32| over images and classes
-    n: int
-
-    def agrees(self, tolerance: float = AGREEMENT_TOLERANCE) -> bool:
-        """No probability moved by more than ``tolerance`` (see the module docstring)."""
-        return self.max_softmax_diff <= tolerance
-
-
-def _agreement(reference: torch.Tensor, logits: torch.Tensor) -> Agreement:
-    reference, logits = reference.float().cpu(), logits.float().cpu()
-    top1 = (reference.argmax(1) == logits.argmax(1)).float().mean().item()
-    diff = (reference.softmax(1) - logits.softmax(1)).abs().max().item()
-    return Agreement(top1, diff, len(reference))
-
-
-def prediction_agreement(
-    model: nn.Module,
-    images: torch.Tensor,
-    setting: str,
-    *,
-    calibration: torch.Tensor | None = None,
-) -> Agreement:
-    """``setting``'s predictions on ``images`` against fp32's (same model, same device).
-
-    ``images``: normalised, on the model's device. ``calibration`` (default: ``images``)
-    calibrates int8; calibrating on other images than the checked ones is the honest test.
-    """
-    reference = prepare(model, BASELINE, images).forward(images)
-    runner = prepare(model, setting, images, calibration=calibration)
-    return _agreement(reference, runner.forward(runner.inputs(images)))
 
 
 @dataclass(frozen=True)
@@ -438,7 +186,7 @@ def benchmark_settings(
             results.append(Setting(name, f"skipped: {skipped[name]}", batch_size))
             continue
         runner = runners[name]
-        agreement = _agreement(reference, runner.forward(runner.inputs(images)))
+        agreement = logits_agreement(reference, runner.forward(runner.inputs(images)))
         peak = peak_memory(model, name, images, calibration) if memory else None
         results.append(
             Setting(
@@ -521,7 +269,7 @@ def training_throughput(
             image_size,
             batch_size,
             device,
-            autocast=_AUTOCAST.get(name),
+            autocast=AUTOCAST_DTYPES.get(name),
             channels_last=name == "channels_last",
         )
     summaries = _timed(steps, device, batch_size, warmup, repeats)
@@ -531,97 +279,6 @@ def training_throughput(
         else Setting(name, "ok", batch_size, **summaries[name])
         for name in settings
     ]
-
-
-def memory_measure(device: torch.device | str) -> str:
-    """What :func:`peak_memory` measures on ``device``."""
-    if torch.device(device).type == "cuda":
-        return (
-            "rise of torch.cuda.max_memory_allocated (tensors only) over the model's weights, in a "
-            "fresh process: preparing the setting plus one forward pass"
-        )
-    return (
-        "rise of the peak resident memory of a fresh process over its size after importing torch "
-        "and loading the model: preparing the setting (converted weights, compiler) plus one "
-        "forward pass. Linux: the peak (VmHWM) is reset after loading, so it is exact; elsewhere "
-        "ru_maxrss, which undercounts when importing peaked higher than the pass"
-    )
-
-
-def _status_mb(field: str) -> float:
-    """A ``kB`` field of ``/proc/self/status`` (Linux) in MiB."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(f"{field}:"))
-    return int(line.split()[1]) / 1024
-
-
-def _start_peak(device: torch.device) -> tuple[float | None, Callable[[], float | None]]:
-    """The memory in use now (MiB) and a function reading the peak since (MiB)."""
-    if device.type == "cpu":
-        try:  # Linux >= 4.0: writing 5 resets the peak resident size (VmHWM) to the current
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")
-            return _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-        except OSError:
-            pass
-    return peak_memory_mb(device), lambda: peak_memory_mb(device)
-
-
-def _peak_memory_child(model_file: str, setting: str, images_file: str, device: str) -> None:
-    """``python -m course_utils.speed``: in this fresh process, load the model, note the memory
-    in use, prepare ``setting``, run one forward pass; print how far the peak rose (MiB)."""
-    torch_device = torch.device(device)
-    # Files the parent process just wrote into its own temporary folder: trusted pickles.
-    model = torch.load(model_file, weights_only=False, map_location=torch_device)
-    images = torch.load(images_file, weights_only=True, map_location=torch_device)
-    before, peak = _start_peak(torch_device)
-    try:
-        runner = prepare(
-            model, setting, images["example"], calibration=images["calibration"], inplace=True
-        )
-    except SettingUnavailable as reason:
-        print(json.dumps({"skipped": str(reason)}))
-        return
-    runner.forward(runner.inputs(images["example"]))
-    if torch_device.type == "cuda":
-        torch.cuda.synchronize(torch_device)
-    after = peak()
-    rise = None if before is None or after is None else after - before
-    print(json.dumps({"peak_memory_mb": rise}))
-
-
-def peak_memory(
-    model: nn.Module,
-    setting: str,
-    example: torch.Tensor,
-    calibration: torch.Tensor | None = None,
-) -> float | None:
-    """MiB that preparing ``setting`` (see :func:`prepare`) and one forward pass on ``example``
-    add (see :func:`memory_measure`), measured in a fresh Python process (``python -m
-    course_utils.speed``), so that nothing this process did before counts. ``None`` where the
-    peak cannot be read (e.g. a CPU on Windows); :class:`SettingUnavailable` if it cannot run.
-    The model's class must be importable (not defined in a notebook's ``__main__``).
-    """
-    calibration = example if calibration is None else calibration
-    with tempfile.TemporaryDirectory() as folder:
-        model_file, images_file = Path(folder, "model.pt"), Path(folder, "images.pt")
-        torch.save(copy.deepcopy(model).cpu(), model_file)
-        torch.save({"example": example.cpu(), "calibration": calibration.cpu()}, images_file)
-        command = [sys.executable, "-m", __name__, str(model_file), setting, str(images_file)]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(sys.path),  # the model's class must import there too
-            "OMP_NUM_THREADS": str(torch.get_num_threads()),
-        }
-        done = subprocess.run(
-            [*command, str(example.device)], capture_output=True, text=True, env=env
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:3])} failed:\n{done.stderr[-2000:]}")
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
-    if "skipped" in answer:
-        raise SettingUnavailable(answer["skipped"])
-    return answer["peak_memory_mb"]
 
 
 def results_frame(results: Mapping[str, Sequence[Setting]]) -> pd.DataFrame:
@@ -734,7 +391,3 @@ def recommend(
         f"with fp32's (top-1 agreement {best.top1_agreement:.0%}, largest probability change "
         f"{best.max_softmax_diff:.3f} <= {tolerance:g}).{caveat}"
     )
-
-
-if __name__ == "__main__":
-    _peak_memory_child(*sys.argv[1:])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny import TinyNet
 
-from course_utils import config, speed
+from course_utils import config, inference_settings, speed
 from course_utils.cli import main
 from course_utils.models import build_model
 from course_utils.speed import AGREEMENT_TOLERANCE, Setting
@@ -59,7 +59,7 @@ def test_prepare_leaves_the_model_alone(resnet18):
 
 
 def test_unavailable_settings_are_rows_with_their_reasons(monkeypatch):
-    monkeypatch.setattr(speed, "_has_compiler", lambda: False)
+    monkeypatch.setattr(inference_settings, "_has_compiler", lambda: False)
     results = speed.benchmark_settings(
         TinyNet(), images(4, 16, seed=0), ["fp16", "compile"], warmup=0, repeats=1
     )
