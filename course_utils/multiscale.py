@@ -18,7 +18,9 @@ measures what that does to accuracy:
   resized shape and each group is cut into batches, so every result equals the per-image one.
 - :func:`compare_frames`: per size, :func:`course_utils.evaluate.paired_difference` (accuracy
   of the first frame minus the second on the same images, with a paired bootstrap interval; an
-  interval that contains 0 means no detectable difference).
+  interval that contains 0 means no detectable difference), and the exact McNemar p-value of
+  every size with Holm's correction over all the sizes compared (a verdict that survives it is
+  not one lucky size out of ten).
 
 Test-time augmentation and low-resolution robustness are in :mod:`course_utils.multiscale_tta`.
 """
@@ -44,8 +46,9 @@ from course_utils.data import (
     eval_transform,
     normalize_steps,
 )
-from course_utils.evaluate import Predictions, bootstrap_ci, paired_difference
+from course_utils.evaluate import Predictions, Verdict, bootstrap_ci, paired_difference
 from course_utils.models import eval_mode
+from course_utils.significance import holm_adjust, mcnemar_exact
 
 MODES: tuple[str, ...] = ("crop", "shorter_side")
 CHUNK_IMAGES = 512  # images resized at a time (at least one batch): bounds the memory used
@@ -198,21 +201,28 @@ def evaluate_at_scales(
 
 
 def compare_frames(
-    first: pd.DataFrame, second: pd.DataFrame, labels: tuple[str, str] = ("first", "second")
+    first: pd.DataFrame,
+    second: pd.DataFrame,
+    labels: tuple[str, str] = ("first", "second"),
+    *,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Per size present in both, accuracy of ``first`` minus ``second`` (two
     :func:`evaluate_at_scales` results on the same images), by :func:`paired_difference`.
 
     Columns: ``size``, ``n``, ``difference`` (positive: ``first`` is more accurate),
-    ``ci_low``/``ci_high`` (95 % paired bootstrap) and ``verdict`` worded with ``labels``
-    (``"ResNet-101 higher"``, ``"ResNet-50 higher"`` or ``"no detectable difference"``).
+    ``ci_low``/``ci_high`` (95 % paired bootstrap), ``verdict`` worded with ``labels``
+    (``"ResNet-101 higher"``, ``"ResNet-50 higher"`` or ``"no detectable difference"``; one size
+    on its own), ``p_value`` (exact McNemar), ``p_holm`` (Holm-adjusted over the sizes compared)
+    and ``holm_verdict`` (the side that is higher where ``p_holm < alpha``).
     """
     second_by_size = second.set_index("size")
     rows = []
     for row in first.itertuples():
         if row.size not in second_by_size.index:
             continue
-        diff = paired_difference(row.correct, second_by_size.loc[row.size, "correct"])
+        other = second_by_size.loc[row.size, "correct"]
+        diff = paired_difference(row.correct, other)
         rows.append(
             {
                 "size": row.size,
@@ -221,6 +231,22 @@ def compare_frames(
                 "ci_low": diff.ci_low,
                 "ci_high": diff.ci_high,
                 "verdict": diff.describe(*labels),
+                "p_value": mcnemar_exact(row.correct, other),
             }
         )
-    return pd.DataFrame(rows, columns=["size", "n", "difference", "ci_low", "ci_high", "verdict"])
+    table = pd.DataFrame(
+        rows, columns=["size", "n", "difference", "ci_low", "ci_high", "verdict", "p_value"]
+    )
+    table["p_holm"] = holm_adjust(table.p_value.to_numpy()) if rows else []
+    table["holm_verdict"] = [
+        _significant_side(d, p, alpha).describe(*labels)
+        for d, p in zip(table.difference, table.p_holm, strict=True)
+    ]
+    return table
+
+
+def _significant_side(difference: float, p_value: float, alpha: float) -> Verdict:
+    """The higher side where the test rejects equality at ``alpha``, else no detectable one."""
+    if p_value >= alpha or difference == 0:
+        return Verdict.NO_DETECTABLE_DIFFERENCE
+    return Verdict.FIRST_HIGHER if difference > 0 else Verdict.SECOND_HIGHER

@@ -125,9 +125,19 @@ def _pixel_batches(
         yield images.to(device), torch.as_tensor(labels).to(device)
 
 
-def _accuracy_row(correct: int, n: int, **keys: object) -> dict[str, object]:
-    low, high = wilson_interval(correct, n)
-    return {**keys, "accuracy": correct / n, "ci_low": low, "ci_high": high, "n": n}
+def _accuracy_row(correct: list[Tensor], **keys: object) -> dict[str, object]:
+    """Accuracy with its Wilson interval, and the per-image results for paired comparisons."""
+    per_image = torch.cat(correct).cpu().numpy()
+    n, hits = per_image.size, int(per_image.sum())
+    low, high = wilson_interval(hits, n)
+    return {
+        **keys,
+        "accuracy": hits / n,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "correct": per_image,
+    }
 
 
 def accuracy_under_attack(
@@ -143,20 +153,18 @@ def accuracy_under_attack(
     ``model`` is the network as trained (ImageNet-normalised inputs); ``data`` is a loader or
     one ``(images, labels)`` pair, normalised as the course's transforms give them unless
     ``normalized=False`` (then already in [0, 1]). Columns: epsilon, accuracy, ci_low, ci_high
-    (Wilson, 95 %), n.
+    (Wilson, 95 %), n, and ``correct`` (per image, bool array) for paired comparisons.
     """
     attack_fn = ATTACKS[attack] if isinstance(attack, str) else attack
     device = next(model.parameters()).device
     pixel_model = Normalized(model).to(device)
-    correct = dict.fromkeys(epsilons, 0)
-    n = 0
+    correct: dict[float, list[Tensor]] = {epsilon: [] for epsilon in epsilons}
     for images, labels in _pixel_batches(data, normalized, device):
-        n += len(labels)
         for epsilon in epsilons:
             adversarial = attack_fn(pixel_model, images, labels, epsilon)
             with torch.no_grad(), eval_mode(pixel_model):
-                correct[epsilon] += int((pixel_model(adversarial).argmax(1) == labels).sum())
-    return pd.DataFrame([_accuracy_row(correct[e], n, epsilon=e) for e in epsilons])
+                correct[epsilon].append(pixel_model(adversarial).argmax(1) == labels)
+    return pd.DataFrame([_accuracy_row(correct[e], epsilon=e) for e in epsilons])
 
 
 # Severity 1..5 parameter of each corruption, loosely after ImageNet-C (Hendrycks & Dietterich
@@ -259,28 +267,24 @@ def corruption_accuracy(
     ``data`` as in :func:`accuracy_under_attack`. Batch ``b`` is corrupted with seed
     ``seed + b``, so the whole table is reproducible. Returns a tidy frame: network, corruption
     (``"clean"`` for the uncorrupted row, severity 0), severity, accuracy, ci_low, ci_high
-    (Wilson, 95 %), n.
+    (Wilson, 95 %), n, and ``correct`` (per image, bool array) for paired comparisons.
     """
     device = next(model.parameters()).device
     pixel_model = Normalized(model).to(device)
     cases = [("clean", 0)] + [(c, s) for c in corruptions for s in severities]
-    correct = dict.fromkeys(cases, 0)
-    n = 0
+    correct: dict[tuple[str, int], list[Tensor]] = {case: [] for case in cases}
     with torch.no_grad(), eval_mode(pixel_model):
         for index, (images, labels) in enumerate(_pixel_batches(data, normalized, device)):
-            n += len(labels)
             for corruption, severity in cases:
                 corrupted = (
                     images
                     if corruption == "clean"
                     else corrupt(images, corruption, severity, seed + index)
                 )
-                correct[corruption, severity] += int(
-                    (pixel_model(corrupted).argmax(1) == labels).sum()
-                )
+                correct[corruption, severity].append(pixel_model(corrupted).argmax(1) == labels)
     return pd.DataFrame(
         [
-            _accuracy_row(correct[case], n, network=network, corruption=case[0], severity=case[1])
+            _accuracy_row(correct[case], network=network, corruption=case[0], severity=case[1])
             for case in cases
         ]
     )

@@ -25,6 +25,7 @@ from course_utils.evaluate import (
     predict,
     wilson_interval,
 )
+from course_utils.significance import holm_adjust, mcnemar_exact
 
 
 def test_bootstrap_of_all_correct_is_a_point():
@@ -220,3 +221,26 @@ def test_discordance_counts_images_where_exactly_one_is_right() -> None:
     a = np.array([1, 1, 0, 0, 1], dtype=bool)
     b = np.array([1, 0, 1, 0, 1], dtype=bool)
     assert evaluate.discordance(a, b) == pytest.approx(0.4)
+
+
+def test_mcnemar_exact_counts_only_discordant_images() -> None:
+    first = np.array([1, 1, 1, 0, 0, 1, 1, 0], bool)
+    second = np.array([1, 0, 0, 0, 0, 1, 0, 1], bool)  # b = 3 (only first), c = 1 (only second)
+    # two-sided binomial: 2 * P(X <= 1), X ~ Bin(4, 1/2) = 2 * 5/16
+    assert mcnemar_exact(first, second) == pytest.approx(10 / 16)
+    assert mcnemar_exact(second, first) == pytest.approx(10 / 16)
+    assert mcnemar_exact(first, first) == 1.0
+    assert mcnemar_exact(np.ones(10, bool), np.zeros(10, bool)) == pytest.approx(2 / 2**10)
+    with pytest.raises(ValueError, match="same images"):
+        mcnemar_exact(first, second[:-1])
+
+
+def test_holm_adjust_matches_the_step_down_rule() -> None:
+    adjusted = holm_adjust([0.01, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 -> x4, x3, x2, x1 = 0.04, 0.09, 0.08 -> monotone 0.09, 0.5
+    assert adjusted == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm_adjust([0.3, 0.02]) == pytest.approx([0.3, 0.04])
+    assert holm_adjust([0.9, 0.8]).tolist() == [1.0, 1.0]  # capped at 1
+    assert holm_adjust([]).size == 0
+    with pytest.raises(ValueError, match="p-values"):
+        holm_adjust([1.2])

@@ -244,7 +244,10 @@ def test_compare_frames_is_first_minus_second_per_common_size() -> None:
     deep = _frame({32: good, 40: mixed, 48: good})
     shallow = _frame({24: good, 32: bad, 40: mixed[::-1], 48: bad})
     table = compare_frames(deep, shallow, labels=("ResNet-101", "ResNet-50"))
-    assert list(table.columns) == ["size", "n", "difference", "ci_low", "ci_high", "verdict"]
+    assert list(table.columns) == [
+        *("size", "n", "difference", "ci_low", "ci_high", "verdict"),
+        *("p_value", "p_holm", "holm_verdict"),
+    ]
     assert table["size"].tolist() == [32, 40, 48] and table["n"].tolist() == [50, 50, 50]
     assert table["difference"].tolist() == [1.0, 0.0, 1.0]
     assert table["verdict"].tolist() == [
@@ -268,3 +271,22 @@ def test_model_mode_is_restored(model, images) -> None:
         assert model.training and model.layer1.training and not model.bn1.training
     finally:
         model.eval()
+
+
+def test_compare_frames_holm_verdict_needs_the_corrected_p_value() -> None:
+    # 8 discordant images, all won by the first: exact McNemar p = 2 / 2**8 = 0.0078 alone,
+    # significant at 0.05; two such sizes plus eight tied ones: Holm multiplies it by 10 -> 0.078
+    rng = np.random.default_rng(0)
+    base = rng.random(100) < 0.7
+    won = base.copy()
+    won[np.flatnonzero(~base)[:8]] = True
+    sizes = list(range(8, 88, 8))
+    first = _frame({s: (won if s in (8, 16) else base) for s in sizes})
+    second = _frame({s: base for s in sizes})
+    table = compare_frames(first, second, labels=("A", "B"))
+    assert table.p_value.iloc[0] == pytest.approx(2 / 2**8)
+    assert table.p_holm.iloc[0] == pytest.approx(min(1.0, 10 * 2 / 2**8))
+    assert table.verdict.iloc[0] == "A higher"  # one size on its own
+    assert set(table.holm_verdict) == {"no detectable difference"}  # not after the correction
+    alone = compare_frames(first.iloc[:1], second.iloc[:1], labels=("A", "B"))
+    assert alone.holm_verdict.tolist() == ["A higher"]

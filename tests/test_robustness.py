@@ -84,8 +84,9 @@ def test_accuracy_under_attack_falls_with_epsilon(setup):
     )
     with torch.no_grad():
         clean = (pixel_model(images).argmax(1) == labels).float().mean().item()
-    assert list(frame.columns) == ["epsilon", "accuracy", "ci_low", "ci_high", "n"]
+    assert list(frame.columns) == ["epsilon", "accuracy", "ci_low", "ci_high", "n", "correct"]
     assert frame.n.tolist() == [16, 16]
+    assert [c.mean() for c in frame.correct] == pytest.approx(frame.accuracy.tolist())
     assert frame.accuracy[0] == pytest.approx(clean)
     assert frame.accuracy[1] < frame.accuracy[0]  # a quarter of the range: the net is fooled
 
