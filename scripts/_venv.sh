@@ -14,7 +14,7 @@ ensure_venv() {
   fi
   [ -x "$VENV/bin/python" ] || { echo "Creating virtual environment in $VENV"; "$PYTHON" -m venv "$VENV"; }
   local stamp="$VENV/.course-install-stamp" wanted
-  wanted="$(cd "$REPO_ROOT" && cat requirements.txt requirements-dev.txt constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+  wanted="$(cd "$REPO_ROOT" && cat requirements*.txt constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "Installing the tested versions (constraints.txt) into $VENV ..."
     (cd "$REPO_ROOT" \
