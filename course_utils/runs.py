@@ -41,7 +41,7 @@ HISTORY_JSON, HISTORY_CSV = "history.json", "history.csv"
 class Checkpoint(TypedDict):
     """What ``best.pt`` and ``last.pt`` hold (``format`` is added by ``save_checkpoint``)."""
 
-    kind: str  # "last" or "best"
+    kind: str  # "last", "best" or "final" (weights only: a workshop archive's last.pt)
     arch: str
     num_classes: int
     epoch: int  # epochs completed
@@ -72,6 +72,10 @@ class RunExistsError(CourseError, FileExistsError):
 
 class RecipeMismatch(CourseError):
     """A run cannot be resumed with another recipe than the one it was started with."""
+
+
+class NotResumable(CourseError):
+    """``last.pt`` holds final weights only (no optimiser state): a finished run, never resumed."""
 
 
 @dataclass
@@ -158,16 +162,27 @@ class RunFolder:
                     f"(resume=True, or --resume) or move it aside to "
                     f"{self.path.name}.bak-<timestamp> and start afresh (overwrite=True, --force)."
                 )
-            backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.path.rename(backup)
-            log.info("Moved the previous run to %s", display_path(backup))
+            self.move_aside()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def move_aside(self) -> Path:
+        """Rename the folder to ``<name>.bak-<timestamp>`` (kept, never deleted); return that."""
+        backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.path.rename(backup)
+        log.info("Moved the previous run to %s", display_path(backup))
+        return backup
 
     def load_for_resume(self, recipe: Recipe) -> ResumableCheckpoint:
         """``last.pt``, checked to be a run of ``recipe`` (the same arch, classes and recipe)."""
         state = load_checkpoint(
             self.last, expected_arch=recipe.arch, expected_num_classes=recipe.num_classes
         )
+        if not state.keys() >= RESUME_KEYS:
+            raise NotResumable(
+                f"{display_path(self.last)} holds final weights only (no optimiser state, e.g. "
+                "from a workshop archive): load_or_train loads it as a finished run, and it "
+                "cannot be resumed. To train it yourself, start afresh (overwrite=True, --force)."
+            )
         changes = recipe.changes_from(state["recipe"])
         if changes:
             raise RecipeMismatch(

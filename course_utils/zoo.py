@@ -106,6 +106,7 @@ def load_or_train(
     *,
     seed: int = 0,
     progress: bool = True,
+    data: TrainingData | None = None,
     **overrides: Any,
 ) -> tuple[nn.Module, History]:
     """A trained ``arch`` (on ``config.get_device()``, in eval mode) and its training history.
@@ -119,10 +120,12 @@ def load_or_train(
     tiny learning rate, so the last epoch is the settled one, and choosing the epoch with the
     best validation accuracy would overfit the small validation split. ``best.pt`` is kept in
     the same folder. The ``imagenet`` regime raises ``PretrainedWeightsUnavailable`` offline.
+    ``data``: this recipe's :func:`training_data`, from a caller that resolved it already
+    (``workshop.pack``, which needs the cache key too); resolved here by default.
     """
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     recipe = Recipe.from_profile(profile, arch, regime, seed=seed, **overrides)
-    data = training_data(recipe, profile)
+    data = data or training_data(recipe, profile)
     key = cache_key(recipe, profile, data)
     folder = RunFolder(run_dir(key))
     runtime = Runtime.resolve(recipe)
