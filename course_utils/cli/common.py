@@ -1,4 +1,5 @@
-"""What the commands share: the program name, parser set-up, ``--checkpoint``, ``--image-size``."""
+"""What the commands share: the program name, parser set-up, ``--checkpoint``, ``--image-size``,
+``--profile``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from course_utils.config import display_path, get_device
+from course_utils.config import PROFILE_ENV, PROFILES, display_path, get_device
 from course_utils.data import CLASSES
 from course_utils.errors import CourseError
 from course_utils.runs import model_from_checkpoint
@@ -46,6 +47,15 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="PATH",
         help="a checkpoint written by train (last.pt or best.pt)",
+    )
+
+
+def add_profile(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--profile NAME`` of train and workshop pack; ``what`` says what the profile sets."""
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        help=f"{what} (default: ${PROFILE_ENV}, else gpu with CUDA, else cpu)",
     )
 
 

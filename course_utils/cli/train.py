@@ -12,10 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from course_utils import distributed, zoo
-from course_utils.cli.common import PROG, add_command, positive_int
+from course_utils.cli.common import PROG, add_command, add_profile, positive_int
 from course_utils.config import (
     DEFAULT_SEED,
-    PROFILE_ENV,
     PROFILES,
     display_path,
     get_device,
@@ -80,12 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="scratch: random initial weights (works offline); imagenet: fine-tune torchvision's "
         "ImageNet weights, which must be downloadable or already cached (default: scratch)",
     )
-    parser.add_argument(
-        "--profile",
-        choices=list(PROFILES),
-        help=f"run scale: data set, image size, batch size, epochs (default: ${PROFILE_ENV}, "
-        "else gpu with CUDA, else cpu)",
-    )
+    add_profile(parser, "run scale: data set, image size, batch size, epochs")
     parser.add_argument(
         "--output",
         metavar="DIR",

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from course_utils import workshop
-from course_utils.cli.common import PROG, add_command
-from course_utils.config import ARTIFACTS_DIR_ENV, PROFILES, display_path, get_profile
+from course_utils.cli.common import PROG, add_command, add_profile
+from course_utils.config import ARTIFACTS_DIR_ENV, display_path, get_profile
 
 RUNS = "\n".join(f"  {run.describe()}" for run in workshop.COURSE_RUNS)
 
@@ -52,11 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     pack = actions.add_parser("pack", help="train (or reuse) every course network; write the tar")
-    pack.add_argument(
-        "--profile",
-        choices=list(PROFILES),
-        help="the profile to train at (default: $COURSE_PROFILE, else gpu with CUDA, else cpu)",
-    )
+    add_profile(pack, "the profile to train at")
     pack.add_argument(
         "--output",
         metavar="PATH",
