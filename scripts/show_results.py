@@ -1,11 +1,12 @@
-"""Render what was measured into the README: the course verdict (``results/verdict.json``) and
-the time per notebook (``results/timings.json``), both for the ``cpu`` profile.
+"""Render what was measured into the README and the instructor guide: the course verdict
+(``results/verdict.json``) and the time per notebook (``results/timings.json``) of the ``cpu``
+profile in the README; the time per notebook of every profile in ``docs/INSTRUCTORS.md``.
 
-    python scripts/show_results.py          rewrite the README's generated blocks
+    python scripts/show_results.py          rewrite the generated blocks
     python scripts/show_results.py --check  exit 1 if a block differs from the files
 
 Each block sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; nothing else in the
-README changes. The verdict rows are written by the notebooks (``course_utils.results.record``),
+files changes. The verdict rows are written by the notebooks (``course_utils.results.record``),
 the timings by ``scripts/run_notebooks.py``.
 """
 
@@ -23,9 +24,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 from run_notebooks import format_seconds  # noqa: E402
 
 README = REPO / "README.md"
+INSTRUCTORS = REPO / "docs" / "INSTRUCTORS.md"
 VERDICT = REPO / "results" / results.VERDICT_FILE
 TIMINGS = REPO / "results" / "timings.json"
 PROFILE = "cpu"  # the committed notebooks' profile
+PROFILES = ("smoke", "cpu", "gpu")
 
 
 def render_verdict(rows: dict[str, dict[str, str]]) -> str:
@@ -53,12 +56,35 @@ def render_timings(timings: dict[str, dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def render_timings_by_profile(timings: dict[str, dict[str, dict[str, object]]]) -> str:
+    """One line per notebook, one column per profile: the last measured time and on what."""
+    notebooks = sorted({name for entries in timings.values() for name in entries})
+    if not notebooks:
+        return "_No timings recorded yet._"
+    lines = [
+        "| notebook | " + " | ".join(f"`{p}` profile" for p in PROFILES) + " |",
+        "|---|" + "---|" * len(PROFILES),
+    ]
+    for notebook in notebooks:
+        cells = []
+        for profile in PROFILES:
+            entry = timings.get(profile, {}).get(notebook)
+            cells.append(
+                "not measured yet"
+                if entry is None
+                else f"{format_seconds(float(entry['seconds']))} ({entry['machine']}, "
+                f"{entry['date']})"
+            )
+        lines.append(f"| {notebook} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     """``text`` with the body of block ``name`` set to ``body``."""
     start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     start, end = text.find(start_mark), text.find(end_mark)
     if start < 0 or end < start:
-        raise SystemExit(f"{README.name} has no {start_mark} ... {end_mark} block")
+        raise SystemExit(f"no {start_mark} ... {end_mark} block")
     return text[: start + len(start_mark)] + "\n" + body + "\n" + text[end:]
 
 
@@ -66,18 +92,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare only")
     args = parser.parse_args()
-    text = README.read_text()
-    timings = json.loads(TIMINGS.read_text()).get(PROFILE, {}) if TIMINGS.exists() else {}
-    wanted = replace_block(text, "verdict", render_verdict(results.read(VERDICT).get(PROFILE, {})))
-    wanted = replace_block(wanted, "timings", render_timings(timings))
-    if text == wanted:
-        print("README's generated blocks are up to date")
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    verdict = results.read(VERDICT).get(PROFILE, {})
+    blocks = {
+        README: {
+            "verdict": render_verdict(verdict),
+            "timings": render_timings(timings.get(PROFILE, {})),
+        },
+        INSTRUCTORS: {"timings-by-profile": render_timings_by_profile(timings)},
+    }
+    stale = []
+    for path, bodies in blocks.items():
+        text = path.read_text()
+        wanted = text
+        for name, body in bodies.items():
+            wanted = replace_block(wanted, name, body)
+        if text != wanted:
+            stale.append(path.relative_to(REPO))
+            if not args.check:
+                path.write_text(wanted)
+    if not stale:
+        print("the generated blocks are up to date")
         return 0
+    names = ", ".join(map(str, stale))
     if args.check:
-        print("README's generated blocks differ from results/: run scripts/show_results.py")
+        print(f"generated blocks in {names} differ from results/: run scripts/show_results.py")
         return 1
-    README.write_text(wanted)
-    print("README's generated blocks rewritten")
+    print(f"generated blocks rewritten in {names}")
     return 0
 
 
