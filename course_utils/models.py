@@ -41,6 +41,7 @@ __all__ = [
     "resnet50",
     "resnet101",
     "unwrap_model",
+    "with_v1_strides",
 ]
 
 # A ResNet in stages, in the order ``forward`` runs them: the stem (conv1, bn1, relu, maxpool),
@@ -336,6 +337,21 @@ def replace_head(model: ResNet, num_classes: int) -> ResNet:
     model.fc = nn.Linear(
         old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype
     )
+    return model
+
+
+def with_v1_strides(model: ResNet) -> ResNet:
+    """Move, in place, the stride of each stage's first bottleneck from its 3x3 conv (v1.5, as
+    torchvision builds it) to its first 1x1 conv (v1, He et al. 2015); return the model.
+
+    The weights keep their shapes, so only the arithmetic and the receptive field change: the
+    3x3 then runs on the already-subsampled map (fewer MACs) at a larger jump (wider field).
+    """
+    for stage in RESIDUAL_STAGES[1:]:
+        first = getattr(model, stage)[0]
+        if not isinstance(first, Bottleneck):
+            raise TypeError(f"{stage}[0] is a {type(first).__name__}; v1 strides need Bottleneck")
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
     return model
 
 

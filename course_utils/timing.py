@@ -125,8 +125,10 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Seconds per call of each step, interleaved: ``warmup`` untimed rounds, then ``repeats``.
 
-    Each round calls every step once, in turn (a, b, a, b, ...); on CUDA the device is
-    synchronized before and after each timed call, so a time covers the work, not its launch.
+    Each round calls every step once; the order alternates from one timed round to the next
+    (a, b, then b, a, ...: ABBA), so neither step always runs right after the other (warm
+    caches, a clock that ramps up). On CUDA the device is synchronized before and after each
+    timed call, so a time covers the work, not its launch.
     """
     device = torch.device(device)
     if repeats < 1:
@@ -135,8 +137,9 @@ def time_interleaved(
         for step in steps.values():
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    forward = list(steps.items())
+    for round_index in range(repeats):
+        for name, step in forward if round_index % 2 == 0 else forward[::-1]:
             _synchronize(device)
             start = time.perf_counter()
             step()
