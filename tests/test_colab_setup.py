@@ -22,12 +22,12 @@ from course_utils import config
 
 REPO = config.repo_root()
 sys.path.insert(0, str(REPO / "scripts"))
-from sync_setup_cell import first_code_cell, setup_cell_source  # noqa: E402
+from sync_setup_cell import course_notebooks, first_code_cell, setup_cell_source  # noqa: E402
 
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = course_notebooks()  # the course notebooks and their solutions
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name[:2])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name[:2]}")
 def test_every_notebook_starts_with_the_same_setup_cell(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     assert first_code_cell(notebook).source == setup_cell_source(), (
