@@ -45,10 +45,13 @@ from course_utils.checkpoints import (
     write_atomic,
 )
 from course_utils.config import Profile, artifacts_dir, display_path, repo_root
+from course_utils.cost import count_macs
+from course_utils.data import CLASSES
 from course_utils.errors import CourseError
 from course_utils.models import (
     ARCHITECTURES,
     PretrainedWeightsUnavailable,
+    build_model,
     imagenet_weights_file,
 )
 from course_utils.recipe import Recipe, Regime
@@ -86,10 +89,18 @@ class ArchiveError(CourseError):
     """An archive that :func:`unpack` refuses (nothing was written)."""
 
 
+def cost_matched_image_size(profile: Profile) -> int:
+    """Notebook 05's cost-matched size: the side (a multiple of 16) where ResNet-101's MACs come
+    closest to ResNet-50's at the profile's training size."""
+    size, classes = profile.image_size, len(CLASSES)
+    macs = {arch: count_macs(build_model(arch, num_classes=classes), size) for arch in ARCHS}
+    return round(size / (macs["resnet101"] / macs["resnet50"]) ** 0.5 / 16) * 16
+
+
 @dataclass(frozen=True)
 class CourseRun:
     """One ``load_or_train(arch, regime, **overrides)`` call of the notebooks; an override may be
-    a function of the profile (called with it when the run is resolved)."""
+    a function of the profile (e.g. :func:`cost_matched_image_size`)."""
 
     arch: str
     regime: Regime = "scratch"
@@ -115,6 +126,7 @@ COURSE_RUNS: tuple[CourseRun, ...] = (
     *(CourseRun(arch) for arch in ARCHS),  # notebooks 04-07
     *(CourseRun(arch, "imagenet") for arch in ARCHS),  # notebook 04
     *(CourseRun(arch, overrides={"crop_scale": WIDE_CROP_SCALE}) for arch in ARCHS),  # 05
+    CourseRun("resnet101", overrides={"image_size": cost_matched_image_size}),  # 05
 )
 
 

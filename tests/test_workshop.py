@@ -188,13 +188,17 @@ def test_the_run_list_covers_every_load_or_train_call_of_the_notebooks():
     """Both ways: every notebook call is packed, and nothing the notebooks never ask for."""
     profile = config.get_profile("smoke")
     found = notebook_calls(profile)
-    assert len(found) == 6  # the parser found the calls of notebooks 04-07
+    assert len(found) == 7  # the parser found the calls of notebooks 04-07
     listed = {
         (r.arch, r.regime, tuple(sorted(r.resolved(profile).items()))) for r in workshop.COURSE_RUNS
     }
     assert found == listed
     imagenet = {call for call in found if call[1] == "imagenet"}
     assert {call[0] for call in imagenet} == {"resnet50", "resnet101"}  # packed where available
+
+
+def test_the_cost_matched_size_is_notebook_05s():
+    assert workshop.cost_matched_image_size(config.get_profile("cpu")) == 96
 
 
 def test_pack_unpack_then_load_or_train_loads_without_training(
