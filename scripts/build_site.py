@@ -14,8 +14,11 @@ Mermaid and widget scripts; figures are embedded; math is converted to MathML at
 alt text, still linked; widget outputs (progress bars) are left out.
 
 Links: a markdown link to ``NN_name.ipynb`` or ``NN_name.ipynb#anchor`` becomes ``NN_name.html``
-or ``NN_name.html#anchor``; other links are kept as written (``tests/test_site.py`` fails on a
-relative link to a missing file or on a ``#anchor`` that no element of the target page has).
+or ``NN_name.html#anchor``; a relative link to another file or folder of the repository (the
+README's ``solutions/README.md``) becomes a link to it in the repository (``repository-code`` of
+``CITATION.cff``), since the site holds only the pages; other links are kept as written
+(``tests/test_site.py`` fails on a relative link to a missing file or on a ``#anchor`` that no
+element of the target page has).
 
 Heading anchors are nbconvert's own (``nbconvert.filters.strings.add_anchor``): the id of a
 markdown heading is its rendered text (bold, italics, code and links keep only their text,
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import html
+import posixpath
 import re
 import sys
 from pathlib import Path
@@ -56,6 +60,9 @@ SYLLABUS_ROW = re.compile(
     r"^\|\s*\d\d\s*\|\s*\[[^\]]+\]\(notebooks/(?P<stem>\d\d_[\w-]+)\.ipynb\)\s*\|"
     r"\s*(?P<question>.*?)\s*\|\s*$"
 )
+REPOSITORY = re.search(
+    r'^repository-code:\s*"?([^"\s]+)"?', (REPO / "CITATION.cff").read_text(), re.MULTILINE
+)[1]
 MATH = re.compile(r"\$\$(?P<display>.+?)\$\$|\$(?P<inline>[^$\n]+?)\$", re.DOTALL)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -74,10 +81,21 @@ nav.site-nav a { text-decoration: none; }
 """
 
 
-def rewrite_href(href: str) -> str:
-    """``NN_name.ipynb[#anchor]`` -> ``NN_name.html[#anchor]``; any other link unchanged."""
+def rewrite_href(href: str, folder: str = "notebooks") -> str:
+    """``NN_name.ipynb[#anchor]`` -> ``NN_name.html[#anchor]``; a relative link, from a page
+    whose source is in the repository's ``folder``, to another repository file -> that file in
+    the repository; any other link unchanged."""
     match = NOTEBOOK_LINK.match(href)
-    return f"{match[1]}.html{match[2] or ''}" if match else href
+    if match:
+        return f"{match[1]}.html{match[2] or ''}"
+    target, _, anchor = href.partition("#")
+    if not target or re.match(r"^[a-z][a-z0-9+.-]*:|^/", target):
+        return href
+    path = posixpath.normpath(posixpath.join(folder, target))
+    if path.startswith("..") or not (REPO / path).exists():
+        return href
+    kind = "tree" if (REPO / path).is_dir() else "blob"
+    return f"{REPOSITORY}/{kind}/main/{path}" + (f"#{anchor}" if anchor else "")
 
 
 def questions(readme: str) -> dict[str, str]:
@@ -108,11 +126,12 @@ def math_nodes(text: str) -> list:
     return [*nodes, NavigableString(text[end:])]
 
 
-def post_process(page: str) -> str:
-    """Rewrite notebook links, render math, and turn external images into their alt text."""
+def post_process(page: str, folder: str) -> str:
+    """Rewrite the links of a page whose source is in ``folder``, render math, and turn external
+    images into their alt text."""
     soup = BeautifulSoup(page, "html.parser")
     for link in soup.find_all("a", href=True):
-        link["href"] = rewrite_href(link["href"])
+        link["href"] = rewrite_href(link["href"], folder)
     for image in soup.find_all("img", src=re.compile(r"^(https?:)?//")):
         image.replace_with(image.get("alt") or image["src"])
     for markdown in soup.select(".jp-RenderedMarkdown"):
@@ -197,7 +216,8 @@ def build(output: Path, executed: Path | None = None) -> list[Path]:
             "site_nav": navigation(titles, index),
         }
         body, _ = exporter.from_notebook_node(notebook, resources=resources)
-        (output / name).write_text(post_process(body), encoding="utf-8")
+        folder = "." if index == 0 else "notebooks"
+        (output / name).write_text(post_process(body, folder), encoding="utf-8")
         written.append(output / name)
     return written
 

@@ -116,8 +116,12 @@ def by_name(site: dict[Path, Page], name: str) -> Page:
 def test_rewrite_href() -> None:
     assert rewrite_href("03_architecture_comparison.ipynb") == "03_architecture_comparison.html"
     assert rewrite_href("./08_faq.ipynb#Is-it-better?") == "08_faq.html#Is-it-better?"
-    for kept in ("https://colab.research.google.com/x/03_a.ipynb", "../README.md", "#top"):
+    for kept in ("https://colab.research.google.com/x/03_a.ipynb", "../no-such-file.md", "#top"):
         assert rewrite_href(kept) == kept
+    repository = "https://github.com/resnet-course/resnet50-vs-resnet101"
+    assert rewrite_href("../README.md#Set-up") == f"{repository}/blob/main/README.md#Set-up"
+    assert rewrite_href("solutions/README.md", ".") == f"{repository}/blob/main/solutions/README.md"
+    assert rewrite_href("../course_utils/") == f"{repository}/tree/main/course_utils"
 
 
 def test_broken_links_reports_a_missing_anchor_and_file(tmp_path: Path) -> None:
