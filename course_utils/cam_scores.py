@@ -9,7 +9,10 @@ Every function takes ``(N, H, W)`` maps (any non-negative scale; :mod:`course_ut
   ``sum(L * M) / sum(L)`` (Wang et al. 2020, Score-CAM, https://arxiv.org/abs/1910.01279) and
   the pointing-game hit (is the maximum of ``L`` on the pet? Zhang et al. 2016,
   https://arxiv.org/abs/1608.00507, here without a tolerance margin). Both are undefined on an
-  image without pet pixels: select images with :func:`has_pet` first.
+  image without pet pixels: select images with :func:`has_pet` first. :func:`pointing_hit_on_grid`
+  plays the game on the feature map's own cells (an upsampled 2 x 2 map always peaks in a
+  corner block), and :func:`energy_above_chance` subtracts the pet's share of the image, which a
+  map that knows nothing scores.
 - Faithfulness (does the network need the highlighted pixels?): grad-cam's
   ``CamMultImageConfidenceChange``, see :func:`confidence_change`.
 - Baselines that know nothing about the image: :func:`random_cams` and :func:`centre_cams`.
@@ -65,6 +68,40 @@ def pointing_hit(cams: Tensor, masks: Tensor) -> np.ndarray:
     cams, masks = _check(cams, masks)
     peaks = (cams == cams.amax(dim=(1, 2), keepdim=True)).float()
     return ((peaks * masks).sum(dim=(1, 2)) / peaks.sum(dim=(1, 2))).numpy()
+
+
+MIN_POINTING_GRID = 4  # below 4 x 4 cells a peak says little more than "which quadrant"
+
+
+def pointing_hit_on_grid(cams: Tensor, masks: Tensor, grid: int | tuple[int, int]) -> np.ndarray:
+    """The pointing game on a ``grid`` of cells (a stage's feature map, e.g. ``size // 32``).
+
+    Maps and masks are averaged onto the cells; a hit is a peak cell at least half covered by the
+    pet (ties share, as in :func:`pointing_hit`). Scoring the upsampled map instead would reward
+    where bilinear interpolation puts the maximum, not what the network saw. Raises ``ValueError``
+    below :data:`MIN_POINTING_GRID` cells a side.
+    """
+    cams, masks = _check(cams, masks)
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
+    if min(rows, cols) < MIN_POINTING_GRID:
+        raise ValueError(
+            f"a {rows} x {cols} map is too coarse for the pointing game "
+            f"(at least {MIN_POINTING_GRID} x {MIN_POINTING_GRID}); use a larger input or an "
+            "earlier stage."
+        )
+    cell_cams = nn.functional.adaptive_avg_pool2d(cams[:, None], (rows, cols))[:, 0]
+    on_pet = (nn.functional.adaptive_avg_pool2d(masks[:, None], (rows, cols))[:, 0] >= 0.5).float()
+    return pointing_hit(cell_cams, on_pet)
+
+
+def energy_above_chance(cams: Tensor, masks: Tensor) -> np.ndarray:
+    """:func:`energy_pointing_game` minus the pet's share of the image, in [-1, 1].
+
+    0 is what a uniform (or random) map scores on that image, so a large pet no longer lifts the
+    score by itself; positive: the map puts more of its mass on the pet than its area does.
+    """
+    cams, masks = _check(cams, masks)
+    return energy_pointing_game(cams, masks) - masks.mean(dim=(1, 2)).numpy()
 
 
 def random_cams(n: int, size: tuple[int, int], grid: int | None = None, seed: int = 0) -> Tensor:

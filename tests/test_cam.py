@@ -218,6 +218,40 @@ def test_uniform_and_constant_maps_score_the_pet_share():
         assert cam_scores.pointing_hit(flat, mask)[0] == pytest.approx(share)
 
 
+def test_grid_pointing_scores_the_feature_cell_not_the_upsampled_peak():
+    # A 4 x 4 feature map whose hottest cell (row 0, col 3) is on the pet, upsampled to 64 px.
+    cells = torch.zeros(1, 4, 4)
+    cells[0, 0, 3] = 1.0
+    cells[0, 3, 0] = 0.9
+    cams = cam.to_input_size(cells, (64, 64))
+    mask = torch.zeros(1, 64, 64)
+    mask[0, :16, 48:] = 1  # exactly the top-right cell
+    assert cam_scores.pointing_hit_on_grid(cams, mask, 4).tolist() == [1.0]
+    assert cam_scores.pointing_hit_on_grid(cams.flip(-1), mask, 4).tolist() == [0.0]
+    mask_quarter = torch.zeros(1, 64, 64)
+    mask_quarter[0, :4, 48:] = 1  # a quarter of the peak cell: not "on the pet"
+    assert cam_scores.pointing_hit_on_grid(cams, mask_quarter, 4).tolist() == [0.0]
+    tie = torch.ones(1, 64, 64)  # all 16 cells tie; one of them is on the pet
+    assert cam_scores.pointing_hit_on_grid(tie, mask, (4, 4))[0] == pytest.approx(1 / 16)
+
+
+def test_grid_pointing_refuses_maps_below_4_by_4():
+    cams, masks = torch.rand(2, 64, 64), torch.ones(2, 64, 64)
+    with pytest.raises(ValueError, match="too coarse"):
+        cam_scores.pointing_hit_on_grid(cams, masks, 2)
+    with pytest.raises(ValueError, match="too coarse"):
+        cam_scores.pointing_hit_on_grid(cams, masks, (8, 3))
+
+
+def test_energy_above_chance_is_zero_for_a_uniform_map_and_positive_on_the_pet():
+    mask = torch.zeros(2, 32, 32)
+    mask[:, :8] = 1  # the pet is a quarter of the image
+    uniform, on_pet = torch.ones(1, 32, 32), mask[:1].clone()
+    cams = torch.cat([uniform, on_pet])
+    np.testing.assert_allclose(cam_scores.energy_above_chance(cams, mask), [0.0, 0.75])
+    np.testing.assert_allclose(cam_scores.energy_above_chance(1 - on_pet, mask[:1]), [-0.25])
+
+
 def test_has_pet_finds_empty_masks():
     masks = torch.zeros(3, 8, 8, dtype=torch.uint8)
     masks[0, 2, 2] = 1
