@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from course_utils import config
 from course_utils.data import (
     CLASSES,
+    CORNERS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataIntegrityError,
@@ -28,6 +30,7 @@ from course_utils.data import (
     balanced_subset,
     bundled_records,
     check_image,
+    corner_crop_transform,
     dataset_in_use,
     denormalize,
     eval_transform,
@@ -302,6 +305,31 @@ def test_transforms_and_denormalize() -> None:
     batch = torch.stack([out, out])
     assert denormalize(batch).shape == (2, 3, 32, 32)
     assert len(IMAGENET_MEAN) == len(IMAGENET_STD) == 3
+
+
+def test_corner_crop_takes_each_corner_of_image_and_mask_alike() -> None:
+    # A 60 x 90 image whose pixel value encodes its position; zoom 1.5 of 40 px -> shorter side 60.
+    ys, xs = torch.meshgrid(torch.arange(60), torch.arange(90), indexing="ij")
+    image = tv_tensors.Image(torch.stack([ys, xs, ys * 0]).to(torch.uint8))
+    mask = tv_tensors.Mask((xs >= 45).to(torch.uint8))  # the right half is "pet"
+    corners = {}
+    for corner in CORNERS:
+        out, out_mask = corner_crop_transform(40, corner)(image, mask)
+        assert out.shape == (3, 40, 40) and out_mask.shape == (40, 40)
+        pixels = (denormalize(out) * 255).round()
+        corners[corner] = (int(pixels[0, 0, 0]), int(pixels[1, 0, 0]))  # (row, col) of top-left
+        assert bool(out_mask.all()) == corner.endswith("right")
+        assert not out_mask.any() or corner.endswith("right")
+    assert corners == {
+        "top-left": (0, 0),
+        "top-right": (0, 50),
+        "bottom-left": (20, 0),
+        "bottom-right": (20, 50),
+    }
+    with pytest.raises(ValueError, match="corner must be one of"):
+        corner_crop_transform(40, "centre")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="zoom must be at least 1"):
+        corner_crop_transform(40, "top-left", zoom=0.9)
 
 
 def test_make_loader(square_record: PetRecord) -> None:

@@ -29,9 +29,12 @@ from course_utils.data.records import CLASSES, PetRecord, balanced_subset
 from course_utils.data.sources import dataset_in_use, get_records
 from course_utils.data.splits import SPLITS
 from course_utils.data.transforms import (
+    CORNERS,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CornerCrop,
     centre_crop_steps,
+    corner_crop_transform,
     denormalize,
     eval_transform,
     normalize_steps,
@@ -41,12 +44,14 @@ from course_utils.data.transforms import (
 __all__ = [
     "CACHE_BUDGET_BYTES",
     "CLASSES",
+    "CORNERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MAX_PIXELS",
     "MIN_SIDE",
     "SPLITS",
     "CachedPetDataset",
+    "CornerCrop",
     "DataIntegrityError",
     "DatasetUnavailable",
     "FolderLayoutError",
@@ -59,6 +64,7 @@ __all__ = [
     "capped_cache_side",
     "centre_crop_steps",
     "check_image",
+    "corner_crop_transform",
     "dataset_in_use",
     "denormalize",
     "eval_transform",
