@@ -188,7 +188,7 @@ def test_the_run_list_covers_every_load_or_train_call_of_the_notebooks():
     """Both ways: every notebook call is packed, and nothing the notebooks never ask for."""
     profile = config.get_profile("smoke")
     found = notebook_calls(profile)
-    assert len(found) == 7  # the parser found the calls of notebooks 04-07
+    assert len(found) == 8  # the parser found the calls of notebooks 04-07
     listed = {
         (r.arch, r.regime, tuple(sorted(r.resolved(profile).items()))) for r in workshop.COURSE_RUNS
     }
