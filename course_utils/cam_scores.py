@@ -12,7 +12,8 @@ Every function takes ``(N, H, W)`` maps (any non-negative scale; :mod:`course_ut
   image without pet pixels: select images with :func:`has_pet` first. :func:`pointing_hit_on_grid`
   plays the game on the feature map's own cells (an upsampled 2 x 2 map always peaks in a
   corner block), and :func:`energy_above_chance` subtracts the pet's share of the image, which a
-  map that knows nothing scores.
+  map that knows nothing scores. :data:`CAM_SCORES` names the three for tables
+  (:class:`CamScore`: which need the stage's cells, which sit at 0 for chance).
 - Faithfulness (does the network need the highlighted pixels?): grad-cam's
   ``CamMultImageConfidenceChange``, see :func:`confidence_change`.
 - Baselines that know nothing about the image: :func:`random_cams` and :func:`centre_cams`.
@@ -22,7 +23,8 @@ Every function takes ``(N, H, W)`` maps (any non-negative scale; :mod:`course_ut
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,6 +104,38 @@ def energy_above_chance(cams: Tensor, masks: Tensor) -> np.ndarray:
     """
     cams, masks = _check(cams, masks)
     return energy_pointing_game(cams, masks) - masks.mean(dim=(1, 2)).numpy()
+
+
+@dataclass(frozen=True)
+class CamScore:
+    """A per-image score of maps against pet masks, named for tables, callable on any stage.
+
+    ``on_cells`` scores are played on the stage's own cells (``side // stride`` a side) and only
+    where there are at least :data:`MIN_POINTING_GRID` of them (:meth:`playable`);
+    ``above_chance`` scores put what a map that knows nothing scores at 0 (else they lie in
+    [0, 1]).
+    """
+
+    name: str
+    function: Callable[..., np.ndarray]
+    on_cells: bool = False
+    above_chance: bool = False
+
+    def playable(self, side: int, stride: int) -> bool:
+        """Whether this score is defined on ``side``-pixel maps of a stage with this ``stride``."""
+        return not self.on_cells or side // stride >= MIN_POINTING_GRID
+
+    def __call__(self, cams: Tensor, masks: Tensor, stride: int = 32) -> np.ndarray:
+        """The score per image; ``stride``: the target stage's (32 for layer4) for ``on_cells``."""
+        if self.on_cells:
+            return self.function(cams, masks, cams.shape[-1] // stride)
+        return self.function(cams, masks)
+
+
+ENERGY = CamScore("energy (share on the pet)", energy_pointing_game)
+ENERGY_ABOVE_CHANCE = CamScore("energy above chance", energy_above_chance, above_chance=True)
+POINTING = CamScore("pointing hit rate", pointing_hit_on_grid, on_cells=True)
+CAM_SCORES = (ENERGY, ENERGY_ABOVE_CHANCE, POINTING)  # the localisation scores, in table order
 
 
 def random_cams(n: int, size: tuple[int, int], grid: int | None = None, seed: int = 0) -> Tensor:
@@ -260,10 +294,7 @@ def compare_row(
     label_a, label_b = _label(arch_a), _label(arch_b)
     row = {label_a: format_mean_ci(a, digits), label_b: format_mean_ci(b, digits)}
     diff = paired_difference(b, a)
-    interval = format_interval(
-        diff.difference, diff.ci_low, diff.ci_high, digits=digits, signed=True
-    )
-    row[f"{label_b} - {label_a}"] = f"{interval}: {diff.describe(label_b, label_a)}"
+    row[f"{label_b} - {label_a}"] = diff.summary(label_b, label_a, digits)
     for name, values in (baselines or {}).items():
         row[name] = format_mean_ci(values, digits)
     row["images"] = str(len(a))

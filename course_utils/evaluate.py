@@ -197,21 +197,32 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     return low, high
 
 
+NO_DIFFERENCE_TEXT = "no detectable difference"
+
+
 class Verdict(str, enum.Enum):
     """Which side of a paired difference (first minus second) is higher, beyond the noise."""
 
     FIRST_HIGHER = "first higher"
     SECOND_HIGHER = "second higher"
-    NO_DETECTABLE_DIFFERENCE = "no detectable difference"
+    NO_DETECTABLE_DIFFERENCE = NO_DIFFERENCE_TEXT
+
+    def word(
+        self, first_higher: str, second_higher: str, no_difference: str = NO_DIFFERENCE_TEXT
+    ) -> str:
+        """The caller's word for this outcome, e.g. ``word("is above", "is below", "shows no
+        detectable difference from")`` or ``word("the depths agree more", "the seeds agree
+        more")``."""
+        if self is Verdict.FIRST_HIGHER:
+            return first_higher
+        if self is Verdict.SECOND_HIGHER:
+            return second_higher
+        return no_difference
 
     def describe(self, first: str, second: str) -> str:
-        """The verdict in the caller's words: ``"ResNet-101 higher"`` or "no detectable
+        """The verdict in the caller's names: ``"ResNet-101 higher"`` or "no detectable
         difference"."""
-        if self is Verdict.FIRST_HIGHER:
-            return f"{first} higher"
-        if self is Verdict.SECOND_HIGHER:
-            return f"{second} higher"
-        return self.value
+        return self.word(f"{first} higher", f"{second} higher")
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,18 @@ class PairedDifference:
     def describe(self, first: str, second: str) -> str:
         """:meth:`Verdict.describe` of :attr:`verdict`: ``"ResNet-101 higher"``, ..."""
         return self.verdict.describe(first, second)
+
+    def interval(self, digits: int = 2, *, percent: bool = False) -> str:
+        """``"+0.08 (+0.06 to +0.10)"``: the difference with its interval, signed
+        (:func:`format_interval`; ``percent`` writes ``"+0.9% (-3.7% to +5.0%)"``)."""
+        return format_interval(
+            self.difference, self.ci_low, self.ci_high, digits=digits, percent=percent, signed=True
+        )
+
+    def summary(self, first: str, second: str, digits: int = 2, *, percent: bool = False) -> str:
+        """``"+0.08 (+0.06 to +0.10): ResNet-101 higher"``: :meth:`interval`, then
+        :meth:`describe`."""
+        return f"{self.interval(digits, percent=percent)}: {self.describe(first, second)}"
 
 
 def paired_difference(

@@ -310,6 +310,26 @@ def test_confidence_change_matches_the_package_metric():
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
+def test_cam_scores_registry_plays_each_score_where_it_is_defined():
+    masks = torch.zeros(2, 128, 128)
+    masks[:, :64, :64] = 1  # the pet fills the top-left quarter
+    cams = torch.zeros(2, 128, 128)
+    cams[:, :32, :32] = 1  # all the mass on the pet
+    assert [s.name for s in cam_scores.CAM_SCORES] == [
+        "energy (share on the pet)",
+        "energy above chance",
+        "pointing hit rate",
+    ]
+    np.testing.assert_allclose(cam_scores.ENERGY(cams, masks), [1.0, 1.0])
+    np.testing.assert_allclose(cam_scores.ENERGY_ABOVE_CHANCE(cams, masks), [0.75, 0.75])
+    np.testing.assert_allclose(cam_scores.POINTING(cams, masks, stride=32), [1.0, 1.0])
+    assert cam_scores.POINTING.playable(128, 32) and not cam_scores.POINTING.playable(64, 32)
+    assert cam_scores.ENERGY.playable(64, 32)  # energy needs no cells
+    assert cam_scores.ENERGY_ABOVE_CHANCE.above_chance and not cam_scores.ENERGY.above_chance
+    with pytest.raises(ValueError, match="too coarse"):
+        cam_scores.POINTING(cams[:, :64, :64], masks[:, :64, :64], stride=32)
+
+
 def test_compare_row_reports_the_second_network_minus_the_first():
     rng = np.random.default_rng(0)
     a = rng.random(100)

@@ -110,6 +110,25 @@ def test_paired_difference_is_the_seeded_bootstrap_of_the_differences():
         paired_difference(np.ones(3), np.ones(4))
 
 
+def test_paired_difference_texts_its_interval_and_verdict():
+    a = np.r_[np.ones(60), np.zeros(40)]
+    diff = paired_difference(a, np.zeros(100))
+    low, high = diff.ci_low, diff.ci_high
+    assert diff.interval() == f"+0.60 (+{low:.2f} to +{high:.2f})"
+    assert diff.interval(1, percent=True) == f"+60.0% (+{low:.1%} to +{high:.1%})"
+    assert diff.summary("ResNet-101", "ResNet-50", 1) == f"{diff.interval(1)}: ResNet-101 higher"
+    lower = paired_difference(np.zeros(100), a)
+    assert lower.interval().startswith("-0.60 (-")
+    assert lower.summary("A", "B").endswith(": B higher")
+
+
+def test_verdict_word_names_each_outcome_in_the_callers_words():
+    words = ("is above", "is below", "shows no detectable difference from")
+    assert [v.word(*words) for v in Verdict] == list(words)
+    assert Verdict.NO_DETECTABLE_DIFFERENCE.word("up", "down") == "no detectable difference"
+    assert Verdict.FIRST_HIGHER.describe("A", "B") == "A higher"
+
+
 def test_format_interval_styles():
     assert format_interval(0.6234, 0.58, 0.661) == "0.62 (0.58 to 0.66)"
     assert format_interval(0.815, 0.764, 0.866, digits=1, percent=True) == "81.5% (76.4% to 86.6%)"
