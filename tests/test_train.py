@@ -275,7 +275,9 @@ def test_a_run_resumes_with_other_runtime_settings(tmp_path, interrupt_after):
 
 def test_runtime_resolves_device_amp_and_memory_layout(monkeypatch):
     cpu = Runtime.resolve(tiny_cfg(amp="bf16"), "cpu")
-    assert (cpu.autocast, cpu.channels_last) == (None, False)  # no mixed precision on the CPU
+    assert (cpu.autocast, cpu.channels_last) == (None, True)  # no mixed precision on the CPU
+    assert not Runtime.resolve(tiny_cfg(), "mps").channels_last  # not measured there
+    assert not Runtime.resolve(tiny_cfg(), "cpu", channels_last=False).channels_last
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     cuda = Runtime.resolve(tiny_cfg(), "cuda")
     assert (cuda.autocast, cuda.channels_last) == (torch.bfloat16, True)
