@@ -176,12 +176,16 @@ def artifacts_dir() -> Path:
 
 
 def display_path(path: str | Path) -> str:
-    """``path`` relative to the artifacts folder (``artifacts/...``), the repository, or the home
-    folder (``~/...``, e.g. torch.hub's cache) when it lies inside one of them, else as given:
-    outputs never show this machine's absolute paths."""
+    """``path`` relative to the artifacts folder, the repository, or the home folder (``~/...``,
+    e.g. torch.hub's cache) when it lies inside one of them, else as given: outputs never show
+    this machine's absolute paths. The artifacts folder reads ``artifacts/...``, or
+    ``$COURSE_ARTIFACTS_DIR/...`` where that setting moves it, so the path still says where to
+    look."""
     path = Path(path)
     resolved = path.expanduser().resolve()
-    for base, label in ((artifacts_dir(), "artifacts"), (repo_root(), ""), (Path.home(), "~")):
+    moved = artifacts_dir().resolve() != (repo_root() / "artifacts").resolve()
+    artifacts_label = f"${ARTIFACTS_DIR_ENV}" if moved else "artifacts"
+    for base, label in ((artifacts_dir(), artifacts_label), (repo_root(), ""), (Path.home(), "~")):
         try:
             relative = resolved.relative_to(base.resolve())
         except ValueError:

@@ -15,7 +15,6 @@ import torch
 from course_utils.config import get_device
 from course_utils.recipe import Recipe, autocast_dtype
 
-
 # Training steps in NHWC: faster on CUDA, and for both networks on the CPU in notebook 07's
 # side-by-side training table; MPS is left in NCHW (not measured).
 CHANNELS_LAST_DEVICES = ("cuda", "cpu")

@@ -131,7 +131,7 @@ def test_evaluate_on_the_bundled_test_split(trained, capsys):
     assert "true cat" in out and "predicted dog" in out and "per-breed accuracy" in out
     csv = checkpoint.parent / "predictions-bundled-test.csv"
     assert out.splitlines()[-1].split(": ")[-1] == config.display_path(csv)
-    assert out.splitlines()[-1].split(": ")[-1].startswith("artifacts/checkpoints/")
+    assert out.splitlines()[-1].split(": ")[-1].startswith("$COURSE_ARTIFACTS_DIR/checkpoints/")
     frame = pd.read_csv(csv)
     assert frame.image_path.tolist() == [str(r.image_path) for r in test]
     assert {"breed", "label", "predicted", "correct", "p_cat", "p_dog"} <= set(frame.columns)

@@ -105,7 +105,11 @@ def test_loader_workers_leave_one_core_for_the_model(monkeypatch, cores, workers
 
 def test_paths_are_shown_relative_to_the_artifacts_or_the_repository(monkeypatch, tmp_path):
     monkeypatch.setenv(config.ARTIFACTS_DIR_ENV, str(tmp_path / "art"))
-    assert config.display_path(tmp_path / "art" / "checkpoints" / "x") == "artifacts/checkpoints/x"
+    moved = config.display_path(tmp_path / "art" / "checkpoints" / "x")
+    assert moved == "$COURSE_ARTIFACTS_DIR/checkpoints/x"
+    monkeypatch.delenv(config.ARTIFACTS_DIR_ENV)
+    default = config.repo_root() / "artifacts" / "checkpoints" / "x"
+    assert config.display_path(default) == "artifacts/checkpoints/x"
     assert config.display_path(config.repo_root() / "data" / "pets") == "data/pets"
     assert config.display_path(Path("/somewhere/else")) == "/somewhere/else"
     assert config.display_path(Path.home() / ".cache" / "torch") == "~/.cache/torch"
