@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
 from course_utils.checkpoints import CheckpointError, load_checkpoint
 from course_utils.config import seed_everything
@@ -176,6 +176,11 @@ def shard_loader(loader: DataLoader, launch: Launch, seed: int) -> DataLoader:
     """
     if loader.batch_size is None:
         raise ValueError("shard_loader needs a loader with a batch_size, not a batch_sampler.")
+    if isinstance(loader.sampler, WeightedRandomSampler):
+        raise CourseError(
+            "breed-balanced (weighted) sampling has no DistributedSampler counterpart here: "
+            "train that recipe in one process, without torchrun."
+        )
     sampler = DistributedSampler(
         loader.dataset,
         num_replicas=launch.world_size,

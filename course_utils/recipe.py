@@ -39,6 +39,9 @@ SGD_MOMENTUM = 0.9
 # trains, the pretrained backbone at a tenth of the head's learning rate.
 HEAD_ONLY_FRACTION = 0.25
 BACKBONE_LR_FACTOR = 0.1
+# Fields added after runs were cached: to_dict leaves each out while it has this value, so the
+# recipes that do not use it keep their dict, their hash and their cache folder.
+LATER_FIELDS: dict[str, Any] = {"breed_balanced": False}
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,9 @@ class Recipe:
     cosine schedule. ``amp`` is the mixed-precision policy (:data:`AmpPolicy`). Weight decay
     skips BatchNorm weights and every bias (1-D parameters), as is common practice (e.g.
     Goyal et al. 2017, timm), unless ``decay_norm_and_bias``: shrinking a zero-initialised
-    BatchNorm gamma towards 0 only fights ``zero_init_residual``.
+    BatchNorm gamma towards 0 only fights ``zero_init_residual``. ``breed_balanced`` draws each
+    epoch's training images with replacement, each weighted by 1 / its breed's count in the
+    train split, so every breed is drawn equally often on average (notebook 04's rare breeds).
     """
 
     arch: str
@@ -72,6 +77,7 @@ class Recipe:
     num_classes: int = 2
     zero_init_residual: bool = True
     decay_norm_and_bias: bool = False  # weight decay on BatchNorm weights and biases too?
+    breed_balanced: bool = False  # sample training images per breed, not per image?
 
     def __post_init__(self) -> None:
         for name, value, valid in (
@@ -115,24 +121,27 @@ class Recipe:
         return cls(**{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as a plain, JSON-stable dict (what checkpoints store and compare)."""
-        return {**dataclasses.asdict(self), "crop_scale": list(self.crop_scale)}
+        """The recipe as a plain, JSON-stable dict (what checkpoints store and compare); a
+        :data:`LATER_FIELDS` entry at its default is left out."""
+        values = {**dataclasses.asdict(self), "crop_scale": list(self.crop_scale)}
+        return {k: v for k, v in values.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     def changes_from(self, stored: dict[str, Any]) -> list[str]:
         """``"field: stored -> self"`` for every field where ``stored`` (a dict) differs."""
-        mine = self.to_dict()
-        return [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in mine.items() if stored.get(k) != v]
+        mine, theirs = {**LATER_FIELDS, **self.to_dict()}, {**LATER_FIELDS, **stored}
+        return [f"{k}: {theirs.get(k)!r} -> {v!r}" for k, v in mine.items() if theirs.get(k) != v]
 
     def summary(self) -> str:
         """One line: ``resnet50 scratch, 128 px, 24 epochs, batch 32, adamw lr 0.002 ...``."""
         clip = f", grad clip {self.grad_clip}" if self.grad_clip is not None else ""
+        balanced = ", breed-balanced sampling" if self.breed_balanced else ""
         epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
         return (
             f"{self.arch} {self.regime}, {self.image_size} px, {epochs}, "
             f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g} wd {self.weight_decay:g} "
             f"{self.schedule}, label smoothing {self.label_smoothing:g}, "
-            f"crop scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g}, amp {self.amp}{clip}, "
-            f"seed {self.seed}"
+            f"crop scale {self.crop_scale[0]:g}-{self.crop_scale[1]:g}, amp {self.amp}{clip}"
+            f"{balanced}, seed {self.seed}"
         )
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from course_utils import distributed
@@ -51,14 +51,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make the epoch's shuffle and worker seeds depend on ``(seed, epoch)`` only.
 
-    A shuffling loader's sampler gets a generator seeded for this epoch; the loader's own
-    generator (which seeds the workers of each epoch) is re-seeded too, and ``sampler.set_epoch``
-    is called where it exists (``DistributedSampler``). Persistent workers keep their RNG across
-    epochs, so their random augmentations do not restart exactly after a resume.
+    A shuffling (or weighted) loader's sampler gets a generator seeded for this epoch; the
+    loader's own generator (which seeds the workers of each epoch) is re-seeded too, and
+    ``sampler.set_epoch`` is called where it exists (``DistributedSampler``). Persistent workers
+    keep their RNG across epochs, so their random augmentations do not restart exactly after a
+    resume.
     """
     if loader.generator is not None:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
-    if isinstance(loader.sampler, RandomSampler):
+    if isinstance(loader.sampler, RandomSampler | WeightedRandomSampler):
         loader.sampler.generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     set_epoch = getattr(loader.sampler, "set_epoch", None)
     if callable(set_epoch):

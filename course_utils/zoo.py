@@ -36,6 +36,7 @@ from course_utils.data import (
     CLASSES,
     CachedPetDataset,
     PetRecord,
+    breed_balanced_weights,
     cache_side_for,
     capped_cache_side,
     dataset_in_use,
@@ -210,7 +211,12 @@ def train_run(
     history = fit(
         model,
         make_loader(
-            train_set, recipe.batch_size, train=True, seed=recipe.seed, num_workers=workers
+            train_set,
+            recipe.batch_size,
+            train=True,
+            seed=recipe.seed,
+            num_workers=workers,
+            weights=breed_balanced_weights(data.train) if recipe.breed_balanced else None,
         ),
         make_loader(val_set, recipe.batch_size, train=False, seed=recipe.seed, num_workers=workers),
         recipe,

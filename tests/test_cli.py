@@ -102,6 +102,13 @@ def test_force_moves_the_old_run_aside_and_trains_afresh(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
 
 
+def test_breed_balanced_training_is_its_own_recipe(tmp_path, capsys):
+    code, out, _ = run(capsys, "train", *TINY, "--breed-balanced", "--output", str(tmp_path / "r"))
+    recipe_line = next(line for line in out.splitlines() if line.startswith("recipe: "))
+    assert code == 0 and "breed-balanced sampling" in recipe_line
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["recipe"]["breed_balanced"] is True
+
+
 def test_an_interrupted_run_says_how_to_resume(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

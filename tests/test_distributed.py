@@ -108,6 +108,13 @@ def test_the_shards_of_a_global_batch_are_the_single_process_batch():
     assert orders[0] != orders[1]
 
 
+def test_weighted_sampling_under_torchrun_is_a_clear_error():
+    data = TensorDataset(torch.arange(8))
+    weighted = make_loader(data, 4, train=True, num_workers=0, weights=[1.0] * 8)
+    with pytest.raises(CourseError, match="one process, without torchrun"):
+        distributed.shard_loader(weighted, distributed.Launch(0, 0, 2, 0, ""), epoch_seed(0, 0))
+
+
 def test_the_global_batch_must_divide_among_the_processes():
     assert distributed.local_batch_size(32, 4) == 8
     with pytest.raises(CourseError, match="batch size 30 is the global batch.*multiple of 4"):

@@ -108,6 +108,19 @@ def test_changes_from_names_each_changed_field():
     ]
 
 
+def test_a_later_field_at_its_default_leaves_the_recipe_dict_as_it_was():
+    """breed_balanced came after runs were cached: off, it is not in the dict (so not in the
+    hash); on, it is, and changes_from names it in both directions."""
+    plain, balanced = Recipe("resnet50"), Recipe("resnet50", breed_balanced=True)
+    assert "breed_balanced" not in plain.to_dict()
+    assert balanced.to_dict()["breed_balanced"] is True
+    assert balanced.changes_from(plain.to_dict()) == ["breed_balanced: False -> True"]
+    assert plain.changes_from(balanced.to_dict()) == ["breed_balanced: True -> False"]
+    assert Recipe(**balanced.to_dict()) == balanced
+    assert "breed-balanced sampling" in balanced.summary()
+    assert "breed-balanced" not in plain.summary()
+
+
 def test_weight_decay_skips_batchnorm_and_biases():
     """Conv and linear weights decay; BatchNorm weights (incl. the zero-initialised gammas) and
     biases do not, unless the recipe asks for it."""

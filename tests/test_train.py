@@ -15,9 +15,9 @@ import pytest
 import torch
 from tiny import TinyNet
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
-from course_utils import config, runs, train
+from course_utils import config, data, runs, train
 from course_utils.checkpoints import load_checkpoint
 from course_utils.data import make_loader, train_transform
 from course_utils.recipe import (
@@ -88,6 +88,32 @@ def test_shuffling_depends_only_on_seed_and_epoch():
     torch.manual_seed(123)  # neither the global RNG nor the loader's past may matter
     assert order(used, 1) == order(fresh, 1) != first
     assert order(used, 0) == first
+
+
+def test_breed_balanced_sampling_draws_every_breed_alike_and_follows_seed_and_epoch():
+    """On the bundled train split (three breeds hold most images) the weighted loader draws
+    each breed about equally often; its draws depend on (seed, epoch) only, like a shuffle."""
+    records = data.bundled_records("train")
+    breeds = np.array([record.breed for record in records])
+    indices = TensorDataset(torch.arange(len(records)))
+
+    def draws(loader, epoch):
+        set_loader_epoch(loader, seed=0, epoch=epoch)
+        return torch.cat([batch for (batch,) in loader]).numpy()
+
+    weights = data.breed_balanced_weights(records)
+    balanced = make_loader(indices, 32, train=True, num_workers=0, weights=weights)
+    drawn = np.concatenate([draws(balanced, epoch) for epoch in range(20)])
+    shares = pd.Series(breeds[drawn]).value_counts(normalize=True)
+    n_breeds = len(set(breeds))
+    assert len(shares) == n_breeds and shares.max() < 2 / n_breeds < 3 * shares.min()
+    largest = pd.Series(breeds).value_counts(normalize=True).iloc[0]
+    assert largest > 5 / n_breeds  # what uniform sampling would draw of the largest breed
+    fresh = make_loader(indices, 32, train=True, num_workers=0, weights=weights)
+    assert (draws(fresh, 3) == draws(balanced, 3)).all()
+    assert not (draws(fresh, 4) == draws(balanced, 3)).all()
+    with pytest.raises(ValueError, match="evaluation loader"):
+        make_loader(indices, 32, train=False, weights=weights)
 
 
 def test_the_other_options_take_effect(tmp_path, monkeypatch):

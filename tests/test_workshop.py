@@ -188,13 +188,23 @@ def test_the_run_list_covers_every_load_or_train_call_of_the_notebooks():
     """Both ways: every notebook call is packed, and nothing the notebooks never ask for."""
     profile = config.get_profile("smoke")
     found = notebook_calls(profile)
-    assert len(found) == 8  # the parser found the calls of notebooks 04-07
+    assert len(found) == 9  # the parser found the calls of notebooks 04-07
     listed = {
         (r.arch, r.regime, tuple(sorted(r.resolved(profile).items()))) for r in workshop.COURSE_RUNS
     }
     assert found == listed
     imagenet = {call for call in found if call[1] == "imagenet"}
     assert {call[0] for call in imagenet} == {"resnet50", "resnet101"}  # packed where available
+
+
+def test_a_run_the_profile_does_not_train_is_listed_as_skipped(tmp_path, monkeypatch):
+    """Notebook 04's breed-balanced trial is not trained in cpu: packing for cpu skips it."""
+    monkeypatch.setattr(zoo, "load_or_train", lambda *a, **k: pytest.fail("trained it"))
+    trial = workshop.BREED_BALANCED_TRIAL
+    manifest = workshop.pack(tmp_path / "w.tar", config.get_profile("cpu"), [trial])
+    assert manifest["runs"] == [] and manifest["skipped"][0]["run"] == trial.describe()
+    assert "not train it in the cpu profile" in manifest["skipped"][0]["reason"]
+    assert trial.wanted_in(config.get_profile("smoke")) and trial in workshop.COURSE_RUNS
 
 
 def test_the_cost_matched_size_is_notebook_05s():

@@ -58,6 +58,20 @@ def test_cache_folder_follows_the_recipe_and_the_data(tiny_profile):
     assert zoo.run_dir(zoo.cache_key(cfg, tiny_profile, full)) != folder
 
 
+def test_the_committed_notebooks_cache_folders_keep_their_names():
+    """The cpu runs notebooks 04-07 load: a new recipe field must not rename (and so retrain)
+    them."""
+    cpu = config.get_profile("cpu")
+    expected = {
+        "resnet50": "resnet50-scratch-cpu-e10b7126",
+        "resnet101": "resnet101-scratch-cpu-81a9d030",
+    }
+    for arch, name in expected.items():
+        assert zoo.run_dir(key(Recipe.from_profile(cpu, arch), cpu)).name == name
+    balanced = Recipe.from_profile(cpu, "resnet50", breed_balanced=True)
+    assert zoo.run_dir(key(balanced, cpu)).name != expected["resnet50"]
+
+
 def test_a_scale_augmented_run_caches_its_crops_from_the_files(tiny_profile):
     """With crop_scale (0.08, 1) the smallest 32 px crop needs a 131 px shorter side, not the
     default recipe's 63 px: the key records it, so runs cached at the old side are not reused."""

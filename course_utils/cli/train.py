@@ -105,6 +105,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help=f"seed of the initial weights, shuffling and augmentation (default: {DEFAULT_SEED})",
     )
     parser.add_argument(
+        "--breed-balanced",
+        action="store_true",
+        help="draw the training images with the same total weight per breed, with replacement "
+        "(notebook 04's rare-breed trial); one process only, not under torchrun",
+    )
+    parser.add_argument(
         "--sync-bn",
         action="store_true",
         help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm) "
@@ -144,6 +150,8 @@ def _train(args: argparse.Namespace, launch: distributed.Launch | None) -> int:
     profile = get_profile(args.profile)
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     overrides = {name: value for name, value in sizes.items() if value is not None}
+    if args.breed_balanced:
+        overrides["breed_balanced"] = True
     recipe = Recipe.from_profile(profile, args.arch, args.regime, seed=args.seed, **overrides)
     device, per_process = get_device(), recipe.batch_size
     if launch is not None:

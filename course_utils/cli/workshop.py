@@ -10,7 +10,10 @@ from course_utils import workshop
 from course_utils.cli.common import PROG, add_command, add_profile
 from course_utils.config import ARTIFACTS_DIR_ENV, display_path, get_profile
 
-RUNS = "\n".join(f"  {run.describe()}" for run in workshop.COURSE_RUNS)
+RUNS = "\n".join(
+    f"  {run.describe()}" + (f"  ({', '.join(run.profiles)} only)" if run.profiles else "")
+    for run in workshop.COURSE_RUNS
+)
 
 EPILOG = f"""\
 pack trains every network the notebooks get from load_or_train, at the chosen profile, through

@@ -7,7 +7,7 @@ Notebooks usually need only :func:`get_records`, which follows the active profil
 """
 
 from course_utils.data.bundled import DataIntegrityError, bundled_records
-from course_utils.data.dataset import PetDataset, make_loader
+from course_utils.data.dataset import PetDataset, breed_balanced_weights, make_loader
 from course_utils.data.folders import FolderLayoutError, folder_records
 from course_utils.data.images import (
     MAX_PIXELS,
@@ -59,6 +59,7 @@ __all__ = [
     "PetRecord",
     "SkippedImage",
     "balanced_subset",
+    "breed_balanced_weights",
     "bundled_records",
     "cache_side_for",
     "capped_cache_side",

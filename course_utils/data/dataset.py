@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
@@ -103,6 +103,15 @@ class PetDataset(Dataset):
         }
 
 
+def breed_balanced_weights(records: Sequence[PetRecord]) -> list[float]:
+    """Per record, 1 / (the number of records of its breed): every breed gets the same total
+    weight. Records without a breed (a user's folder) share one group."""
+    counts: dict[str | None, int] = {}
+    for record in records:
+        counts[record.breed] = counts.get(record.breed, 0) + 1
+    return [1 / counts[record.breed] for record in records]
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -110,18 +119,31 @@ def make_loader(
     train: bool,
     seed: int = 0,
     num_workers: int | None = None,
+    weights: Sequence[float] | None = None,
 ) -> DataLoader:
     """A reproducible ``DataLoader``: shuffled (seeded) and ``drop_last`` only when training.
 
+    With ``weights`` (training only, e.g. :func:`breed_balanced_weights`) each epoch draws
+    ``len(dataset)`` images with replacement, in proportion to them, instead of a shuffle.
     ``drop_last`` is skipped when the data set is smaller than one batch, so that a tiny training
     set still gives one batch. Workers default to :func:`config.default_num_workers`, are seeded by
     :func:`config.seed_worker` and kept alive between epochs; memory is pinned on CUDA.
     """
     workers = config.default_num_workers() if num_workers is None else num_workers
+    sampler = None
+    if weights is not None:
+        if not train:
+            raise ValueError("weights draw training batches; an evaluation loader reads in order.")
+        if len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} weights for {len(dataset)} images.")
+        sampler = WeightedRandomSampler(
+            weights, len(dataset), replacement=True, generator=torch.Generator().manual_seed(seed)
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) >= batch_size,
         num_workers=workers,
         worker_init_fn=config.seed_worker,
