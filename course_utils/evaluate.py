@@ -303,10 +303,17 @@ def minimum_detectable_difference(
     n: int, discordance: float, *, alpha: float = 0.05, power: float = 0.8
 ) -> float:
     """The smallest accuracy difference that ``n`` paired images detect with ``power`` (the
-    inverse of :func:`paired_sample_size`; ``discordance`` as there)."""
+    inverse of :func:`paired_sample_size`; ``discordance`` as there).
+
+    Two accuracies cannot differ by more than the share of images they disagree on, so when
+    even a difference just below ``discordance`` needs more than ``n`` images, no difference is
+    detectable and the answer is ``math.inf``."""
     if n < 1 or not 0 < discordance <= 1:
         raise ValueError(f"need n >= 1 and 0 < discordance <= 1: {n}, {discordance}")
-    low, high = 0.0, discordance
+    largest = discordance * (1 - 1e-9)
+    if paired_sample_size(largest, discordance, alpha=alpha, power=power) > n:
+        return math.inf
+    low, high = 0.0, largest
     for _ in range(60):  # bisection: the needed images fall as the difference grows
         middle = (low + high) / 2
         if middle > 0 and paired_sample_size(middle, discordance, alpha=alpha, power=power) <= n:

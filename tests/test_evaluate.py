@@ -236,6 +236,14 @@ def test_minimum_detectable_difference_inverts_the_sample_size() -> None:
     assert evaluate.minimum_detectable_difference(2000, 0.15) < mdd  # more images see less
 
 
+def test_minimum_detectable_difference_is_infinite_when_no_difference_is_detectable() -> None:
+    # 11 % disagreement: even all 11 % going one way needs about 70 images (the smoke profile
+    # tests on 64)
+    assert evaluate.paired_sample_size(0.109 * 0.999, 0.109) > 64
+    assert evaluate.minimum_detectable_difference(64, 0.109) == math.inf
+    assert evaluate.minimum_detectable_difference(80, 0.109) < 0.109
+
+
 def test_discordance_counts_images_where_exactly_one_is_right() -> None:
     a = np.array([1, 1, 0, 0, 1], dtype=bool)
     b = np.array([1, 0, 1, 0, 1], dtype=bool)
