@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for path in notebooks:
         notebook = nbformat.read(path, as_version=4)
+        notebook.metadata.pop("widgets", None)  # an earlier run's progress bars, not this one's
         print(f"== {path.name}: {title(notebook)}", flush=True)
         print(f"   expected: {expected_time(profile, path.stem)} at profile {profile}", flush=True)
         start = time.perf_counter()

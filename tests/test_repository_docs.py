@@ -1,5 +1,7 @@
-"""The citation file and the instructor guide agree with the package and the repository."""
+"""The citation file and the instructor guide agree with the package and the repository; the
+committed notebooks carry nothing of an earlier run."""
 
+import json
 import re
 
 import yaml
@@ -27,3 +29,18 @@ def test_instructor_guide_names_only_existing_files() -> None:
     assert paths
     missing = sorted(p for p in paths if not (REPO / p).exists())
     assert not missing, missing
+
+
+def test_committed_notebooks_carry_no_progress_bar_widgets() -> None:
+    """No widget state or widget view: offline (GitHub, the website) a saved tqdm widget shows its
+    text form, a bar at 0 %, and a stale state is an earlier run's, not the outputs' own."""
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text())
+        assert "widgets" not in notebook["metadata"], path.name
+        views = [
+            output
+            for cell in notebook["cells"]
+            for output in cell.get("outputs", [])
+            if "application/vnd.jupyter.widget-view+json" in output.get("data", {})
+        ]
+        assert not views, path.name
