@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,9 +107,7 @@ class PetDataset(Dataset):
 def breed_balanced_weights(records: Sequence[PetRecord]) -> list[float]:
     """Per record, 1 / (the number of records of its breed): every breed gets the same total
     weight. Records without a breed (a user's folder) share one group."""
-    counts: dict[str | None, int] = {}
-    for record in records:
-        counts[record.breed] = counts.get(record.breed, 0) + 1
+    counts = Counter(record.breed for record in records)
     return [1 / counts[record.breed] for record in records]
 
 
