@@ -2,7 +2,8 @@
 
 Before each notebook: its title and the time it took at the active profile when it was last
 measured (``results/timings.json``; a run on this machine also lands in
-``<artifacts>/timings.json``). While it runs, the package's progress lines ("load_or_train: ...",
+``<artifacts>/timings.json``), and how many networks that run trained (a notebook whose networks
+are cached takes minutes less). While it runs, the package's progress lines ("load_or_train: ...",
 one per training epoch) reach the terminal. A failing cell is named (notebook, cell number, first
 line) and the exit code is 1. ``--in-place`` overwrites ``notebooks/`` (maintainers refreshing
 the committed outputs) and updates ``results/timings.json`` and ``results/verdict.json`` (the
@@ -30,10 +31,16 @@ REPO = config.repo_root()
 COMMITTED_TIMINGS = REPO / "results" / "timings.json"
 COMMITTED_VERDICT = REPO / "results" / results.VERDICT_FILE
 ECHOED_PREFIXES = ("load_or_train:", "epoch ", "data:", "Full Oxford-IIIT Pet")
+TRAINED_PREFIX = "load_or_train: no cached run"  # zoo.load_or_train, before it trains
+LOADED_PREFIX = "load_or_train: loaded"  # ... and when it loads a cached run
 
 
 class EchoingClient(NotebookClient):
-    """A NotebookClient that also prints the package's progress lines to this terminal."""
+    """A NotebookClient that also prints the package's progress lines to this terminal and
+    counts the networks the notebook trains and the cached ones it loads."""
+
+    networks_trained = 0
+    networks_loaded = 0
 
     def output(self, outs: list, msg: dict, display_id: str | None, cell_index: int) -> Any:
         content = msg.get("content", {})
@@ -41,6 +48,8 @@ class EchoingClient(NotebookClient):
             for line in content.get("text", "").splitlines():
                 if line.startswith(ECHOED_PREFIXES):
                     print(f"   | {line}", flush=True)
+                self.networks_trained += line.startswith(TRAINED_PREFIX)
+                self.networks_loaded += line.startswith(LOADED_PREFIX)
         return super().output(outs, msg, display_id, cell_index)
 
 
@@ -49,11 +58,13 @@ def read_timings(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_timing(path: Path, profile: str, notebook: str, seconds: float) -> None:
-    """Record one notebook's run time at ``profile`` (read, update, write back)."""
+def write_timing(path: Path, profile: str, notebook: str, seconds: float, networks: dict) -> None:
+    """Record one notebook's run time at ``profile`` and ``networks``, the counts of networks
+    it trained and loaded (read, update, write back)."""
     timings = read_timings(path)
     timings.setdefault(profile, {})[notebook] = {
         "seconds": round(seconds),
+        "networks": networks,
         "machine": machine_description(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -80,8 +91,19 @@ def expected_time(profile: str, notebook: str) -> str:
         entry = read_timings(path).get(profile, {}).get(notebook)
         if entry:
             where = label if label == "on this machine" else f"measured on {entry['machine']}"
-            return f"about {format_seconds(entry['seconds'])} ({where}, {entry['date']})"
+            seconds = format_seconds(entry["seconds"])
+            return f"about {seconds}{networks_note(entry)} ({where}, {entry['date']})"
     return "not measured yet"
+
+
+def networks_note(entry: dict[str, Any]) -> str:
+    """``", training 3 networks"``, ``", its networks cached: a first run trains them"``, or
+    nothing for a notebook without networks or an entry older than the ``networks`` field."""
+    networks = entry.get("networks", {})
+    trained, loaded = networks.get("trained", 0), networks.get("loaded", 0)
+    if trained:
+        return f", training {trained} network{'s' if trained > 1 else ''}"
+    return ", its networks cached: a first run trains them" if loaded else ""
 
 
 def format_seconds(seconds: float) -> str:
@@ -146,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         seconds = time.perf_counter() - start
         nbformat.write(notebook, out_dir / path.name)
-        write_timing(config.artifacts_dir() / "timings.json", profile, path.stem, seconds)
+        networks = {"trained": client.networks_trained, "loaded": client.networks_loaded}
+        write_timing(config.artifacts_dir() / "timings.json", profile, path.stem, seconds, networks)
         if args.in_place:
-            write_timing(COMMITTED_TIMINGS, profile, path.stem, seconds)
+            write_timing(COMMITTED_TIMINGS, profile, path.stem, seconds, networks)
             results.merge(results.run_file(), COMMITTED_VERDICT, profile)  # the verdict rows
         print(f"   done in {format_seconds(seconds)}", flush=True)
 
